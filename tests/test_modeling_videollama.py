@@ -1,0 +1,196 @@
+"""Unit tests of the model on a tiny random architecture (parity with the original lives in test_parity_*)."""
+
+import pytest
+import torch
+from _reference import tiny_config
+from transformers import AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
+
+from transformers_videollama import VideoLlamaForConditionalGeneration, VideoLlamaModel
+
+
+N_VIDEO, N_AUDIO = 6, 3  # query tokens of tiny_config()
+VIDEO, AUDIO = 99, 100  # placeholder ids of tiny_config()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VideoLlamaForConditionalGeneration(tiny_config()).eval()
+
+
+def _video(n=1, frames=3, seed=0):
+    return torch.randn(n, frames, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def _audio(n=1, clips=8, seed=1):
+    return torch.randn(n, clips, 1, 128, 204, generator=torch.Generator().manual_seed(seed))
+
+
+def _ids(*parts):
+    """Build one row of input_ids from text ids and ('video'|'audio') placeholders."""
+    row = []
+    for part in parts:
+        if part == "video":
+            row += [VIDEO] * N_VIDEO
+        elif part == "audio":
+            row += [AUDIO] * N_AUDIO
+        else:
+            row += list(part)
+    return row
+
+
+def test_class_stack_and_attribute_names(model):
+    m = model.model
+    assert isinstance(m, VideoLlamaModel)
+    for name in (
+        "vision_tower",
+        "qformer",
+        "video_position_embedding",
+        "video_qformer",
+        "video_projection",
+        "audio_tower",
+        "audio_position_embedding",
+        "audio_qformer",
+        "audio_projection",
+        "language_model",
+    ):
+        assert hasattr(m, name), name
+    assert model.lm_head.out_features == 99
+    # query tokens live inside the Q-Former modules, not on the top model
+    assert m.qformer.query_tokens.shape == (1, 4, 32)
+    assert not any("." not in name.removeprefix("model.") for name, _ in model.named_parameters() if "query" in name)
+
+
+def test_feature_shapes(model):
+    with torch.no_grad():
+        video = model.get_video_features(_video(n=2)).pooler_output
+        audio = model.get_audio_features(_audio(n=2)).pooler_output
+    assert video.shape == (2, N_VIDEO, 32)
+    assert audio.shape == (2, N_AUDIO, 32)
+
+
+def test_joint_audio_visual_requires_one_clip_per_frame(model):
+    with pytest.raises(ValueError, match="one audio clip per frame"):
+        model.get_audio_visual_features(_video(frames=3), _audio(clips=8))
+
+
+def test_placeholder_count_mismatch_states_both_counts(model):
+    input_ids = torch.tensor([_ids([1, 5], [VIDEO] * (N_VIDEO - 1), [7])])
+    with pytest.raises(ValueError, match=r"5 video placeholder tokens .* provide 6 tokens \(1 video\(s\) x 6"):
+        model(input_ids=input_ids, pixel_values_videos=_video())
+    input_ids = torch.tensor([_ids([1], "audio", [7], "audio")])
+    with pytest.raises(ValueError, match=r"6 audio placeholder tokens .* provide 3 tokens"):
+        model(input_ids=input_ids, input_values=_audio())
+
+
+def test_placeholders_without_media_are_an_error(model):
+    with pytest.raises(ValueError, match="no pixel_values_videos"):
+        model(input_ids=torch.tensor([_ids([1], "video")]))
+    with pytest.raises(ValueError, match="no input_values"):
+        model(input_ids=torch.tensor([_ids([1], "audio")]))
+
+
+def test_too_many_frames_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="9 frames .* max_frame_pos=8"):
+        model.get_video_features(_video(frames=9))
+
+
+def test_bad_video_rank_is_a_clear_error(model):
+    with pytest.raises(ValueError, match=r"pixel_values_videos must have shape .* got \(3, 28, 28\)"):
+        model.get_video_features(torch.zeros(3, 28, 28))
+
+
+def test_media_spliced_in_placeholder_order(model):
+    """Two items: one with audio then video, one with video only; features follow placeholder order."""
+    videos, audios = _video(n=2), _audio(n=1)
+    rows = [_ids([1, 11], "audio", [12], "video", [13]), _ids([1, 14, 15], "video", [16, 17, 18] + [0] * 1)]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(rows), pixel_values_videos=videos, input_values=audios)
+        video_features = model.get_video_features(videos).pooler_output
+        audio_features = model.get_audio_features(audios).pooler_output
+    assert torch.equal(out.video_hidden_states, video_features)
+    assert torch.equal(out.audio_hidden_states, audio_features)
+    # the same item alone gives the same logits as inside the mixed batch
+    with torch.no_grad():
+        alone = model(input_ids=torch.tensor(rows[1:]), pixel_values_videos=videos[1:]).logits
+    torch.testing.assert_close(out.logits[1], alone[0], atol=1e-5, rtol=0)
+
+
+def test_frame_padding_mask_gives_the_unpadded_result(model):
+    """A 2-frame video padded to 3 frames with video_frames_mask equals the 2-frame video alone."""
+    short = _video(frames=2)
+    padded = torch.cat([short, torch.zeros(1, 1, 3, 28, 28)], dim=1)
+    with torch.no_grad():
+        expected = model.get_video_features(short).pooler_output
+        masked = model.get_video_features(padded, video_frames_mask=torch.tensor([[1, 1, 0]])).pooler_output
+        unmasked = model.get_video_features(padded).pooler_output
+    torch.testing.assert_close(masked, expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(unmasked, expected, atol=1e-3)
+
+
+def test_loss_ignores_masked_labels(model):
+    input_ids = torch.tensor([_ids([1, 5], "video", [6, 7, 8])])
+    labels = input_ids.clone()
+    labels[:, : 2 + N_VIDEO] = -100
+    out = model(input_ids=input_ids, pixel_values_videos=_video(), labels=labels)
+    logits = out.logits[0, :-1]
+    expected = torch.nn.functional.cross_entropy(logits[1 + N_VIDEO :], input_ids[0, 2 + N_VIDEO :])
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert model.model.video_projection.weight.grad is not None
+    model.zero_grad()
+
+
+def test_eager_and_sdpa_agree():
+    torch.manual_seed(0)
+    eager = VideoLlamaForConditionalGeneration(tiny_config()).eval()
+    eager.set_attn_implementation("eager")
+    sdpa = VideoLlamaForConditionalGeneration(tiny_config()).eval()
+    sdpa.load_state_dict(eager.state_dict())
+    sdpa.set_attn_implementation("sdpa")
+    assert sdpa.model.audio_tower.config._attn_implementation == "sdpa"
+    assert eager.model.audio_tower.config._attn_implementation == "eager"
+    inputs = {
+        "input_ids": torch.tensor([_ids([1, 5], "audio", [6], "video", [7, 8])]),
+        "pixel_values_videos": _video(),
+        "input_values": _audio(),
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(eager(**inputs).logits, sdpa(**inputs).logits, atol=1e-5, rtol=0)
+
+
+def test_dtype_reports_the_language_model_dtype():
+    model = VideoLlamaForConditionalGeneration(tiny_config()).to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16 == model.model.language_model.dtype
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([_ids([1], "video", [5])]), pixel_values_videos=_video())
+    assert out.logits.dtype == torch.bfloat16
+
+
+def test_vision_only_variant_rejects_audio():
+    model = VideoLlamaForConditionalGeneration(tiny_config(has_audio_branch=False)).eval()
+    assert not hasattr(model.model, "audio_tower")
+    with pytest.raises(ValueError, match="no audio branch"):
+        model.get_audio_features(_audio())
+
+
+def test_generate_with_video_and_audio(model):
+    inputs = {
+        "input_ids": torch.tensor([_ids([1, 5], "audio", [6], "video", [7])]),
+        "pixel_values_videos": _video(),
+        "input_values": _audio(),
+    }
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    out = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 4)
+    assert (out[:, inputs["input_ids"].shape[1] :] < 99).all()  # placeholders can never be generated
+
+
+def test_auto_classes(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    for auto in (AutoModelForImageTextToText, AutoModelForMultimodalLM):
+        loaded = auto.from_pretrained(tmp_path)
+        assert isinstance(loaded, VideoLlamaForConditionalGeneration)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(base, VideoLlamaModel)
+    torch.testing.assert_close(base.video_projection.weight, model.model.video_projection.weight)
