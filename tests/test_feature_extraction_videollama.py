@@ -1,0 +1,102 @@
+"""Audio features: ImageBind fbank clips identical to the original, short/long audio, bad inputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _videollama_media import MEDIA, PREPROCESS, write_video
+from safetensors.torch import load_file
+
+from transformers_videollama.feature_extraction_videollama import AudioTooShortError, VideoLlamaFeatureExtractor
+from transformers_videollama.media_io_videollama import NoAudioTrackError, decode_audio_track
+
+
+PAD_VALUE = (0 + 4.268) / 9.138  # a zero-padded fbank frame after normalisation
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return VideoLlamaFeatureExtractor()
+
+
+def test_fbank_matches_the_original(extractor):
+    expected = load_file(PREPROCESS / "dog_barking_audio_fbank.safetensors")["audio_fbank"]
+    values = extractor(str(MEDIA / "dog_barking.mp4"))["input_values"]
+    assert values.shape == (1, 8, 1, 128, 204) and values.dtype == torch.float32
+    assert (values - expected).abs().max().item() <= 1e-3
+    # Mel bin 3 has no FFT bin (always log(eps)) and the 6 padded frames hold the padding value.
+    torch.testing.assert_close(values[0, :, 0, 3, :198], torch.full((8, 198), -1.27756), atol=1e-4, rtol=0)
+    torch.testing.assert_close(values[0, :, 0, :, 198:], torch.full((8, 128, 6), PAD_VALUE), atol=1e-6, rtol=0)
+    sha = json.loads((PREPROCESS / "dog_barking.json").read_text())["audio"]["audio_fbank"]["sha256_float32_le"]
+    import hashlib
+
+    assert hashlib.sha256(values.numpy().tobytes()).hexdigest() == sha  # bit-identical on this stack
+
+
+def test_array_input_equals_file_input(extractor):
+    track = decode_audio_track(MEDIA / "dog_barking.mp4")
+    from_file = extractor(str(MEDIA / "dog_barking.mp4"))["input_values"]
+    from_array = extractor(track.waveform, sampling_rate=track.sample_rate)["input_values"]
+    from_track = extractor([track, track])["input_values"]
+    torch.testing.assert_close(from_array, from_file, atol=0, rtol=0)
+    assert from_track.shape == (2, 8, 1, 128, 204)
+    torch.testing.assert_close(from_track[1], from_file[0], atol=0, rtol=0)
+
+
+def test_short_audio_gives_eight_identical_padded_clips(extractor, tmp_path):
+    # 0.2 s of mono 48 kHz audio (like the original's synthetic_5frames_shortaudio): 19 real fbank frames per clip.
+    path = write_video(tmp_path / "short.mp4", num_frames=5, audio_seconds=0.2)
+    values = extractor(str(path))["input_values"][0]
+    assert values.shape == (8, 1, 128, 204)
+    # Same window eight times; each clip re-subtracts the (now ~0) mean in place on the shared buffer, as the
+    # original did, so the clips agree to float32 noise only.
+    for k in range(1, 8):
+        torch.testing.assert_close(values[k], values[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(values[0, 0, :, 30:], torch.full((128, 174), PAD_VALUE), atol=1e-6, rtol=0)
+
+
+def test_long_track_streaming_path_equals_full_decode(tmp_path):
+    path = write_video(tmp_path / "long.mp4", num_frames=2, fps=1, size=(16, 16), audio_seconds=24.0)
+    streaming = VideoLlamaFeatureExtractor(max_full_decode_seconds=5.0)(str(path))["input_values"]
+    full = VideoLlamaFeatureExtractor(max_full_decode_seconds=None)(str(path))["input_values"]
+    torch.testing.assert_close(streaming, full, atol=0, rtol=0)
+
+
+def test_too_short_audio_is_an_explicit_error(extractor, tmp_path):
+    path = write_video(
+        tmp_path / "blip.mp4", num_frames=3, audio_seconds=0.005
+    )  # 1024 samples at 48 kHz -> 342 at 16 kHz
+    with pytest.raises(AudioTooShortError, match=r"blip\.mp4' is too short: 342 samples at 16000 Hz"):
+        extractor(str(path))
+
+
+def test_no_audio_track(extractor):
+    with pytest.raises(NoAudioTrackError, match=r"birthday\.mp4' has no audio track"):
+        extractor(str(MEDIA / "birthday.mp4"))
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (np.zeros(16000, dtype=np.int16), TypeError, r"dtype int16; expected float"),
+        (
+            np.zeros((1, 2, 100), dtype=np.float32),
+            ValueError,
+            r"\(samples,\) or \(channels, samples\); got \(1, 2, 100\)",
+        ),
+        (np.zeros((2, 0), dtype=np.float32), ValueError, r"is empty"),
+        (np.full(16000, np.nan, dtype=np.float32), ValueError, r"NaN or infinite"),
+        ([], ValueError, r"empty list"),
+    ],
+)
+def test_bad_audio_arrays(extractor, value, error, message):
+    with pytest.raises(error, match=message):
+        extractor(value, sampling_rate=16000)
+
+
+def test_save_and_reload(tmp_path):
+    VideoLlamaFeatureExtractor(num_clips=8, max_full_decode_seconds=60.0).save_pretrained(tmp_path)
+    loaded = VideoLlamaFeatureExtractor.from_pretrained(tmp_path)
+    assert (loaded.mean, loaded.std, loaded.target_length, loaded.feature_size) == (-4.268, 9.138, 204, 128)
+    assert loaded.max_full_decode_seconds == 60.0
