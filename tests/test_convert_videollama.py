@@ -69,7 +69,7 @@ def _write_modified(tmp_path, name, edit):
         name, "imagebind" if name == "imagebind_huge.pth" else "al_checkpoint"
     )
     data = torch.load(REFERENCE_DIR / name, map_location="cpu", weights_only=True)
-    edit(data["model"] if "model" in data else data)
+    edit(data.get("model", data))
     torch.save(data, tmp_path / name)
     setattr(files, label, tmp_path / name)
     return files
@@ -166,7 +166,7 @@ def test_command_line_sharded_bfloat16(tmp_path):
     with safe_open(out / shards[0], framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118
     generation_config = json.loads((out / "generation_config.json").read_text())
-    assert generation_config["stop_strings"] == ["###"]
+    assert generation_config["eos_token_id"][0] == 2  # plus the single-token spellings of "###", if any
     model = VideoLlamaForConditionalGeneration.from_pretrained(out)
     assert model.dtype == torch.bfloat16
 

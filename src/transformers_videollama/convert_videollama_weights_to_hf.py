@@ -542,7 +542,15 @@ def _resolve_chat_format(chat_format: str, config: VideoLlamaConfig) -> str:
 
 
 def _generation_config(llama_dir: Path, chat_format: str) -> GenerationConfig:
-    """The LLM's generation config plus the original demo's stop rule (Vicuna: `###`, LLaMA-2: `</s>`)."""
+    """The LLM's generation config plus the original demo's stop rule (Vicuna: `###`, LLaMA-2: `</s>`).
+
+    The Vicuna rule is stored as extra end-of-sequence ids (the single-token spellings of `###` in this vocabulary)
+    rather than `stop_strings`, because `stop_strings` makes a plain `model.generate(**inputs)` fail without a
+    tokenizer argument. (The original also stopped on the two-token spelling `##` + `#`; pass
+    `stop_strings=["###"], tokenizer=...` to `generate` to get that too.)
+    """
+    from .processing_videollama import build_videollama_tokenizer
+
     try:
         generation_config = GenerationConfig.from_pretrained(llama_dir, local_files_only=True)
     except OSError:
@@ -550,7 +558,10 @@ def _generation_config(llama_dir: Path, chat_format: str) -> GenerationConfig:
     if generation_config.pad_token_id is None:
         generation_config.pad_token_id = 0
     if chat_format == "vicuna":
-        generation_config.stop_strings = ["###"]
+        vocab = build_videollama_tokenizer(llama_dir).get_vocab()
+        eos = generation_config.eos_token_id
+        eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        generation_config.eos_token_id = eos + [vocab[p] for p in ("###", "\u2581###") if p in vocab]
     generation_config.max_new_tokens = 300  # the demo's default
     return generation_config
 
@@ -566,15 +577,14 @@ def _save_processor(llama_dir: Path, config: VideoLlamaConfig, chat_format: str,
         # The tokenizer decides the placeholder ids (vocab_size, vocab_size + 1); keep the config in sync.
         config.video_token_index, config.audio_token_index = ids
         config.save_pretrained(output_dir)
-    processor = VideoLlamaProcessor.from_chat_format(
-        chat_format,
-        video_processor=VideoLlamaVideoProcessor(
-            size={"height": config.vision_config.image_size, "width": config.vision_config.image_size}
-        ),
+    size = config.vision_config.image_size
+    processor = VideoLlamaProcessor(
+        video_processor=VideoLlamaVideoProcessor(size={"height": size, "width": size}),
         feature_extractor=VideoLlamaFeatureExtractor(),
         tokenizer=tokenizer,
         num_video_query_tokens=config.num_video_query_tokens,
-        num_audio_query_tokens=config.num_audio_query_tokens,
+        num_audio_query_tokens=max(config.num_audio_query_tokens, 1),
+        chat_template=chat_format,
     )
     processor.save_pretrained(output_dir)
 
