@@ -5,10 +5,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from _reference import REFERENCE_DIR, reference_config, release_files
 from safetensors import safe_open
+from transformers import AutoProcessor
 
 from transformers_videollama import (
     ConversionError,
@@ -137,11 +139,14 @@ def test_vision_only_conversion(tmp_path):
         tmp_path / "vl",
         dtype="float32",
         config=reference_config(has_audio_branch=False),
-        save_processor=False,
         progress=False,
     )
     model = VideoLlamaForConditionalGeneration.from_pretrained(out)
     assert not model.config.has_audio_branch and not hasattr(model.model, "audio_tower")
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.num_audio_query_tokens == 0
+    with pytest.raises(ValueError, match="without an audio branch"):
+        processor(text="<AudioHere> hi", audio=[np.zeros(32000, dtype=np.float32)], sampling_rate=16000)
 
 
 def test_command_line_sharded_bfloat16(tmp_path):

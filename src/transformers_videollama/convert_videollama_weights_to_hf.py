@@ -583,7 +583,7 @@ def _save_processor(llama_dir: Path, config: VideoLlamaConfig, chat_format: str,
         feature_extractor=VideoLlamaFeatureExtractor(),
         tokenizer=tokenizer,
         num_video_query_tokens=config.num_video_query_tokens,
-        num_audio_query_tokens=max(config.num_audio_query_tokens, 1),
+        num_audio_query_tokens=config.num_audio_query_tokens,
         chat_template=chat_format,
     )
     processor.save_pretrained(output_dir)

@@ -164,7 +164,8 @@ class VideoLlamaProcessor(ProcessorMixin):
         feature_extractor (`VideoLlamaFeatureExtractor`): ImageBind audio features.
         tokenizer: from `build_videollama_tokenizer` (has `<ImageHere>` and `<AudioHere>`).
         num_video_query_tokens (`int`, defaults to 32): tokens per video/image (the model's video Q-Former queries).
-        num_audio_query_tokens (`int`, defaults to 8): tokens per audio input (the audio Q-Former queries).
+        num_audio_query_tokens (`int`, defaults to 8): tokens per audio input (the audio Q-Former queries); 0 for
+            a model without an audio branch (audio inputs are then refused).
         chat_template (`str` or `dict`, *optional*): `"vicuna"`, `"llama2"`, a Jinja string, or a dict of named
             templates. The two released templates are always available by name (`chat_template="llama2"` in
             `apply_chat_template`); the one given here (default Vicuna) is the default.
@@ -185,12 +186,12 @@ class VideoLlamaProcessor(ProcessorMixin):
     ):
         if audio_fallback not in ("warn", "error"):
             raise ValueError(f"`audio_fallback` must be 'warn' or 'error', got {audio_fallback!r}.")
-        for name, value in (
-            ("num_video_query_tokens", num_video_query_tokens),
-            ("num_audio_query_tokens", num_audio_query_tokens),
+        for name, value, minimum in (
+            ("num_video_query_tokens", num_video_query_tokens, 1),
+            ("num_audio_query_tokens", num_audio_query_tokens, 0),
         ):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"`{name}` must be a positive int (from the model config), got {value!r}.")
+            if not isinstance(value, int) or value < minimum:
+                raise ValueError(f"`{name}` must be an int >= {minimum} (from the model config), got {value!r}.")
         self.num_video_query_tokens = num_video_query_tokens
         self.num_audio_query_tokens = num_audio_query_tokens
         self.audio_fallback = audio_fallback
@@ -262,6 +263,11 @@ class VideoLlamaProcessor(ProcessorMixin):
             raise ValueError(
                 f"The text has {sum(n_video_slots)} {VIDEO_TOKEN} placeholder(s) but {len(video_items)} video/image "
                 "input(s) were given; pass exactly one per placeholder."
+            )
+        if audio_items and self.num_audio_query_tokens == 0:
+            raise ValueError(
+                "This processor belongs to a model without an audio branch (num_audio_query_tokens=0); "
+                "remove the audio inputs / `load_audio_from_video`."
             )
         if sum(n_audio_slots) != len(audio_items):
             raise ValueError(
