@@ -27,45 +27,8 @@ VIDEO = ROOT / "tests" / "fixtures" / "media" / "dog_barking.mp4"
 
 
 def tiny_release_config() -> tv.VideoLlamaConfig:
-    """The fixture's tiny architecture (the real release needs no config: the converter knows it)."""
-    import json
-
-    meta = json.loads((RELEASE / "config.json").read_text())
-
-    def qformer(d):
-        return {
-            "hidden_size": d["hidden_size"],
-            "num_hidden_layers": d["num_hidden_layers"],
-            "num_attention_heads": d["num_attention_heads"],
-            "intermediate_size": d["intermediate_size"],
-            "num_query_tokens": d["num_query_token"],
-            "cross_attention_frequency": d["cross_attention_freq"],
-        }
-
-    v, ib = meta["vision"], meta["imagebind"]
-    return tv.VideoLlamaConfig(
-        vision_config={
-            "hidden_size": v["embed_dim"],
-            "intermediate_size": v["mlp_hidden_dim"],
-            "num_hidden_layers": v["depth"],
-            "num_attention_heads": v["num_heads"],
-            "image_size": v["image_size"],
-            "patch_size": v["patch_size"],
-        },
-        qformer_config=qformer(meta["qformer"]),
-        video_qformer_config=qformer(meta["video_qformer"]),
-        audio_qformer_config=qformer(meta["audio_qformer"]),
-        audio_config={
-            "hidden_size": ib["audio_embed_dim"],
-            "num_hidden_layers": ib["audio_num_blocks"],
-            "num_attention_heads": ib["audio_num_heads"],
-            "intermediate_size": 4 * ib["audio_embed_dim"],
-            "projection_dim": ib["out_embed_dim"],
-        },
-        text_config=json.loads((RELEASE / "llama" / "config.json").read_text()),
-        max_frame_pos=meta["video_qformer"]["max_frame_pos"],
-        max_audio_clips=meta["audio_qformer"]["audio_position_embedding_rows"],
-    )
+    """The fixture's tiny architecture (for the real release the converter needs no config: it knows it)."""
+    return tv.VideoLlamaConfig.from_json_file(str(Path(__file__).with_name("tiny_release_config.json")))
 
 
 def main() -> None:

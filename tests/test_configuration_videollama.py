@@ -104,3 +104,15 @@ def test_presets_are_the_released_variants():
 def test_unknown_preset_names_the_choices():
     with pytest.raises(ValueError, match="Unknown preset 'video-llama-3'.*video-llama-2-7b"):
         load_preset("video-llama-3")
+
+
+def test_example_tiny_release_config_matches_the_fixture():
+    """examples/tiny_release_config.json (used by the quickstart) is fixture A's architecture."""
+    import json
+    from pathlib import Path
+
+    from _reference import reference_config
+
+    path = Path(__file__).parents[1] / "examples" / "tiny_release_config.json"
+    example = VideoLlamaConfig.from_json_file(str(path))
+    assert json.loads(example.to_json_string()) == json.loads(reference_config().to_json_string())
