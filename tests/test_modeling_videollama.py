@@ -194,3 +194,21 @@ def test_auto_classes(tmp_path, model):
     base = AutoModel.from_pretrained(tmp_path)
     assert isinstance(base, VideoLlamaModel)
     torch.testing.assert_close(base.video_projection.weight, model.model.video_projection.weight)
+
+
+def test_device_map_with_disk_offload_matches(tmp_path, model):
+    """`device_map="auto"` splits only at `_no_split_modules` boundaries and gives the same logits."""
+    import warnings
+
+    model.save_pretrained(tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. accelerate warning about unmatched device_map keys
+        offloaded = VideoLlamaForConditionalGeneration.from_pretrained(
+            tmp_path / "model", device_map="auto", max_memory={"cpu": "300KB"}, offload_folder=tmp_path / "offload"
+        )
+    placement = offloaded.hf_device_map
+    assert "disk" in placement.values()
+    assert not any(k.startswith("model.video_qformer.") for k in placement)  # a Q-Former is never split
+    inputs = {"input_ids": torch.tensor([_ids([1, 5], "video", [7])]), "pixel_values_videos": _video()}
+    with torch.no_grad():
+        torch.testing.assert_close(offloaded(**inputs).logits, model(**inputs).logits)
