@@ -1,8 +1,9 @@
 """transformers-videollama: Video-LLaMA (audio-visual video LLM) as a Hugging Face transformers model.
 
 Importing the package registers its classes with transformers' Auto classes (and nothing else), so folders saved by
-this package load through `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText` and `AutoModelForMultimodalLM`
-without `trust_remote_code`.
+this package load through `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText`, `AutoModelForMultimodalLM`,
+`AutoProcessor`, `AutoVideoProcessor`, `AutoFeatureExtractor` and `pipeline("video-text-to-text")` without
+`trust_remote_code`.
 """
 
 from transformers import (
@@ -14,7 +15,9 @@ from transformers import (
     AutoProcessor,
 )
 from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
+from .collator_videollama import VideoLlamaDataCollator
 from .configuration_imagebind import ImageBindAudioConfig, ImageBindVisionConfig
 from .configuration_videollama import (
     VideoLlamaConfig,
@@ -25,6 +28,7 @@ from .configuration_videollama import (
     preset_metadata,
 )
 from .convert_videollama_weights_to_hf import ConversionError, ReleaseFiles, convert_release
+from .data_videollama import DATA_FORMATS, load_training_data
 from .feature_extraction_videollama import VideoLlamaFeatureExtractor
 from .modeling_imagebind import ImageBindAudioModel, ImageBindVisionModel
 from .modeling_videollama import (
@@ -32,7 +36,16 @@ from .modeling_videollama import (
     VideoLlamaModel,
     VideoLlamaPreTrainedModel,
 )
+from .pipeline_videollama import VideoLlamaChat, VideoTextToTextPipeline
 from .processing_videollama import VideoLlamaProcessor, build_videollama_tokenizer
+from .training_videollama import (
+    VideoLlamaTrainer,
+    available_training_presets,
+    caption_prompts,
+    freeze_for_training,
+    load_training_preset,
+    lora_config,
+)
 from .video_processing_videollama import VideoLlamaVideoProcessor
 
 
@@ -49,29 +62,48 @@ def _register() -> None:
     # the module-level AutoVideoProcessor: `transformers.AutoVideoProcessor` is a placeholder without torchvision
     AutoVideoProcessor.register(VideoLlamaConfig, VideoLlamaVideoProcessor, exist_ok=True)
     AutoFeatureExtractor.register(VideoLlamaConfig, VideoLlamaFeatureExtractor, exist_ok=True)
+    # transformers has no video-text-to-text task; register ours unless it is already there (re-imports stay quiet)
+    if PIPELINE_REGISTRY.supported_tasks.get("video-text-to-text", {}).get("impl") is not VideoTextToTextPipeline:
+        PIPELINE_REGISTRY.register_pipeline(
+            "video-text-to-text",
+            pipeline_class=VideoTextToTextPipeline,
+            pt_model=AutoModelForImageTextToText,
+            type="multimodal",
+        )
 
 
 _register()
 
 __all__ = [
+    "DATA_FORMATS",
     "ConversionError",
     "ImageBindAudioConfig",
     "ImageBindAudioModel",
     "ImageBindVisionConfig",
     "ImageBindVisionModel",
     "ReleaseFiles",
+    "VideoLlamaChat",
     "VideoLlamaConfig",
+    "VideoLlamaDataCollator",
     "VideoLlamaFeatureExtractor",
     "VideoLlamaForConditionalGeneration",
     "VideoLlamaModel",
     "VideoLlamaPreTrainedModel",
     "VideoLlamaProcessor",
     "VideoLlamaQFormerConfig",
+    "VideoLlamaTrainer",
     "VideoLlamaVideoProcessor",
     "VideoLlamaVisionConfig",
+    "VideoTextToTextPipeline",
     "available_presets",
+    "available_training_presets",
     "build_videollama_tokenizer",
+    "caption_prompts",
     "convert_release",
+    "freeze_for_training",
     "load_preset",
+    "load_training_data",
+    "load_training_preset",
+    "lora_config",
     "preset_metadata",
 ]

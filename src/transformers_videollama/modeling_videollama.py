@@ -100,6 +100,10 @@ class VideoLlamaQFormerModel(Blip2QFormerModel):
     def __init__(self, config: VideoLlamaQFormerConfig):
         super().__init__(config)
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.hidden_size))
+        # Blip2QFormerModel.__init__ ran post_init() (and flagged this module initialised) before the queries existed;
+        # unflag it so the composite model's post_init draws them (all-zero queries make the LayerNorm's gradient
+        # explode when a fresh Q-Former is trained).
+        self._is_hf_initialized = False
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -132,7 +136,24 @@ class VideoLlamaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _skip_keys_device_placement = ["past_key_values", "cache"]
-    _no_split_modules = ["Blip2EncoderLayer", "Blip2QFormerLayer", "ImageBindEncoderLayer"]
+    # Q-Formers are small; keeping each whole (queries + layers) on one device avoids cross-device hops per layer.
+    _no_split_modules = ["Blip2EncoderLayer", "VideoLlamaQFormerModel", "ImageBindEncoderLayer"]
+
+    def enable_input_require_grads(self) -> None:
+        """Make the *language model's* input embeddings require grad (activation checkpointing, PEFT adapters).
+
+        The base implementation hooks the input embeddings of every sub-model, the frozen EVA ViT, Q-Formers and
+        ImageBind trunks included: their forward would then build an autograd graph and backward would run through
+        them for nothing (an encoder that does train builds its graph from its own parameters anyway).
+        """
+
+        def make_inputs_require_grads(module, args, output):
+            output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        hook = self.get_input_embeddings().register_forward_hook(make_inputs_require_grads)
+        self._require_grads_hooks = [hook]
+        self._require_grads_hook = hook
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -236,8 +257,13 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
                 "drop the audio input or use a checkpoint with an audio branch"
             )
 
-    def _audio_query_features(self, clip_embeds: torch.Tensor) -> BaseModelOutputWithPooling:
-        """Joint-space clip embeddings (N, S, P) -> + clip position -> audio Q-Former -> projection."""
+    def _audio_query_features(
+        self, clip_embeds: torch.Tensor, clips_mask: torch.Tensor | None = None
+    ) -> BaseModelOutputWithPooling:
+        """Joint-space clip embeddings (N, S, P) -> + clip position -> audio Q-Former -> projection.
+
+        `clips_mask` (N, S): 1 for real clips/frames, 0 for padding (never attended).
+        """
         num_clips = clip_embeds.shape[1]
         if num_clips > self.config.max_audio_clips:
             raise ValueError(
@@ -245,7 +271,10 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
                 f"max_audio_clips={self.config.max_audio_clips} rows"
             )
         positions = self.audio_position_embedding(torch.arange(num_clips, device=clip_embeds.device))  # (S, P)
-        audio_hidden = self.audio_qformer(encoder_hidden_states=clip_embeds + positions).last_hidden_state
+        audio_hidden = self.audio_qformer(
+            encoder_hidden_states=clip_embeds + positions,
+            encoder_attention_mask=None if clips_mask is None else clips_mask.to(torch.long),
+        ).last_hidden_state
         return BaseModelOutputWithPooling(
             last_hidden_state=audio_hidden, pooler_output=self.audio_projection(audio_hidden)
         )
@@ -273,12 +302,13 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
         return self._audio_query_features(clip_embeds)
 
     def get_audio_features_from_images(
-        self, pixel_values_videos: torch.Tensor, **kwargs
+        self, pixel_values_videos: torch.Tensor, video_frames_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
         """Audio-branch training signal: encode *frames* with ImageBind's vision trunk and feed the audio Q-Former.
 
         ImageBind puts images and sounds in one embedding space, so Video-LLaMA trains the audio Q-Former on visual data
-        and uses it on audio at inference. Each frame is an independent image. `pixel_values_videos`: (N, T, 3, H, W).
+        and uses it on audio at inference. Each frame is an independent image. `pixel_values_videos`: (N, T, 3, H, W);
+        `video_frames_mask` (N, T) marks padded frames, which the audio Q-Former then ignores.
         """
         self._require_audio_branch()
         if not hasattr(self, "imagebind_vision_tower"):
@@ -286,8 +316,9 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
                 "This model has no ImageBind vision trunk (config.imagebind_vision_config is None); convert it with "
                 "the vision trunk to train the audio branch on images"
             )
+        pixel_values_videos = pixel_values_videos.to(self.imagebind_vision_tower.dtype)
         clip_embeds = self.imagebind_vision_tower(pixel_values=pixel_values_videos).embeds  # (N, T, P)
-        return self._audio_query_features(clip_embeds)
+        return self._audio_query_features(clip_embeds, video_frames_mask)
 
     def get_audio_visual_features(
         self, pixel_values_videos: torch.Tensor, input_values: torch.Tensor, **kwargs
@@ -349,6 +380,8 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         video_frames_mask: torch.Tensor | None = None,
         mm_encoder_outputs: dict | None = None,
+        imagebind_pixel_values: torch.FloatTensor | None = None,
+        imagebind_frames_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> VideoLlamaModelOutputWithPast:
         r"""
@@ -363,13 +396,29 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
             video_frames_mask (`torch.LongTensor` of shape `(num_videos, num_frames)`, *optional*):
                 Marks padded frames when videos of different lengths share a batch.
             mm_encoder_outputs (`dict`, *optional*):
-                Pre-computed `{"video": get_video_features(...)}` (what `generate()` passes so the encoders run once).
+                Pre-computed `{"video": get_video_features(...), "audio": get_audio_features(...)}` (what `generate()`
+                passes so that each encoder runs once per call).
+            imagebind_pixel_values (`torch.FloatTensor` of shape `(num_audios, num_frames, 3, 224, 224)`, *optional*):
+                Audio-branch *training* on visual data (the paper's audio stages): frames encoded by ImageBind's
+                vision trunk feed the audio Q-Former, whose output fills the `<AudioHere>` placeholders, in place of
+                `input_values`. Needs `config.imagebind_vision_config`.
+            imagebind_frames_mask (`torch.LongTensor` of shape `(num_audios, num_frames)`, *optional*):
+                Marks padded frames of `imagebind_pixel_values`.
             kwargs: passed to the language model (`attention_mask` semantics, cache, `use_cache`, ...).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        has_media = pixel_values_videos is not None or input_values is not None or mm_encoder_outputs
+        if input_values is not None and imagebind_pixel_values is not None:
+            raise ValueError(
+                "Pass either input_values (audio) or imagebind_pixel_values (audio-branch training on frames), not both"
+            )
+        has_media = (
+            pixel_values_videos is not None
+            or input_values is not None
+            or imagebind_pixel_values is not None
+            or mm_encoder_outputs
+        )
         if inputs_embeds is None:
             # 1. text embeddings; placeholders are outside the vocabulary, embed them as id 0 before replacing them
             is_placeholder = (input_ids == self.config.video_token_index) | (
@@ -395,8 +444,21 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
 
         # 3. audio features over the audio placeholders: (N, Qa, D)
         audio_features = None
-        if input_values is not None:
-            audio_features = self.get_audio_features(input_values).pooler_output
+        if (
+            mm_encoder_outputs.get("audio") is not None
+            or input_values is not None
+            or imagebind_pixel_values is not None
+        ):
+            if mm_encoder_outputs.get("audio") is not None:  # pre-encoded by generate() (or a chat session)
+                audio_features = mm_encoder_outputs["audio"].pooler_output
+                if not isinstance(audio_features, torch.Tensor):
+                    audio_features = torch.stack(list(audio_features))
+            elif input_values is not None:
+                audio_features = self.get_audio_features(input_values).pooler_output
+            else:
+                audio_features = self.get_audio_features_from_images(
+                    imagebind_pixel_values, imagebind_frames_mask
+                ).pooler_output
             inputs_embeds = self._scatter_features(
                 input_ids, inputs_embeds, audio_features, self.config.audio_token_index, "audio"
             )
@@ -428,6 +490,35 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
+    def _prepare_multimodal_encoder_kwargs_for_generation(self, model_kwargs: dict) -> dict:
+        """`generate()` pre-encodes videos before prefill; encode the audio there too.
+
+        Without this the audio tower would run inside prefill on the beam-expanded batch (`num_beams` times the work),
+        and `repeat_interleave` over `input_values` would interleave the tracks of a sample with several audio inputs.
+        """
+        model_kwargs = super()._prepare_multimodal_encoder_kwargs_for_generation(model_kwargs)
+        if model_kwargs.get("input_values") is not None:
+            if model_kwargs["mm_encoder_outputs"].get("audio") is not None:
+                raise ValueError(
+                    "Pass either input_values or pre-computed audio features (mm_encoder_outputs), not both"
+                )
+            model_kwargs["mm_encoder_outputs"]["audio"] = self.model.get_audio_features(
+                model_kwargs.pop("input_values")
+            )
+        return model_kwargs
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        """Beam search / `num_return_sequences`: repeat each sample's audio features with it, keeping their order."""
+        mm_encoder_output = super()._expand_multimodal_outputs(
+            input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
+        )
+        audio = mm_encoder_output.get("audio")
+        if audio is not None and input_ids is not None and expand_size > 1:
+            per_sample = (input_ids == self.config.audio_token_index).sum(-1) // self.config.num_audio_query_tokens
+            groups = torch.as_tensor(audio.pooler_output).split(per_sample.tolist())
+            audio.pooler_output = torch.cat([group.repeat(expand_size, 1, 1) for group in groups])
+        return mm_encoder_output
+
     def get_video_features(self, pixel_values_videos: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_video_features(pixel_values_videos, **kwargs)
 
@@ -451,6 +542,8 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict | None = None,
+        imagebind_pixel_values: torch.FloatTensor | None = None,
+        imagebind_frames_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> VideoLlamaCausalLMOutputWithPast:
         r"""
@@ -482,6 +575,8 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             inputs_embeds=inputs_embeds,
             video_frames_mask=video_frames_mask,
             mm_encoder_outputs=mm_encoder_outputs,
+            imagebind_pixel_values=imagebind_pixel_values,
+            imagebind_frames_mask=imagebind_frames_mask,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)

@@ -472,16 +472,37 @@ class VideoLlamaProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values_videos", "video_frames_mask", "input_values"]
 
 
+def _packaged_templates() -> dict[str, str]:
+    """The released templates shipped beside this module.
+
+    As Hub remote code this module sits alone in transformers' module cache without the `.jinja` files; the saved
+    processor then brings every template in its own `chat_template` dict, so missing files are not an error here.
+    """
+    named = {}
+    for name in _TEMPLATE_FILES:
+        try:
+            named[name] = load_chat_template(name)
+        except (OSError, ModuleNotFoundError, TypeError):
+            continue
+    return named
+
+
 def _resolve_templates(chat_template: str | dict[str, str] | None) -> dict[str, str]:
-    named = {name: load_chat_template(name) for name in _TEMPLATE_FILES}
+    named = _packaged_templates()
+    if isinstance(chat_template, dict):
+        merged = {**named, **chat_template}
+        if "default" not in merged and "vicuna" in merged:
+            merged["default"] = merged["vicuna"]
+        return merged
+    if "vicuna" not in named:
+        if chat_template is None or chat_template in _TEMPLATE_FILES:
+            raise ValueError(
+                f"The packaged chat template files are not available here; pass `chat_template` as Jinja text or "
+                f"load the processor from a saved folder (got {chat_template!r})."
+            )
+        return {"default": chat_template}
     if chat_template is None:
         return {"default": named["vicuna"], **named}
-    if isinstance(chat_template, dict):
-        return (
-            {**named, **chat_template}
-            if "default" in chat_template
-            else {"default": named["vicuna"], **named, **chat_template}
-        )
     if chat_template in named:
         return {"default": named[chat_template], **named}
     return {"default": chat_template, **named}

@@ -10,6 +10,13 @@ Reproduces what the original demo fed the vision branch, pixel for pixel:
 * image: `Image.open(path).convert("RGB")`, PIL bicubic resize to 224x224 (no crop, no EXIF transpose), `/255`,
   CLIP normalisation (`Blip2ImageEvalProcessor`); an image is a video with one frame.
 
+Training augmentation (`do_train_augmentation=True`, off by default and never used at inference) reproduces the
+original's training processors: `RandomResizedCrop(224, scale=(0.5, 1), ratio=(3/4, 4/3), bicubic)`, one crop per
+clip, applied to the already squashed 224x224 frames (`AlproVideoTrainProcessor`) or to the full still image
+(`Blip2ImageTrainProcessor`), and optionally the stage-1 "headtail" frame sampling (half the frames drawn at random
+from each half of the video). One deliberate difference: the bicubic overshoot is clamped to 0..255, where the
+original's `.to(torch.uint8)` wrapped it around (speckle pixels).
+
 Output: `pixel_values_videos` `(num_videos, T, 3, 224, 224)` float32. When the videos of one call have different
 frame counts they are zero-padded to the longest and `video_frames_mask` `(num_videos, T)` marks real frames (it is
 always returned).
@@ -18,6 +25,7 @@ always returned).
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +40,7 @@ from transformers.video_utils import VideoMetadata
 from .media_io_videollama import (
     MediaDecodeError,
     describe_source,
+    probe_video,
     read_video_frames,
     single_torch_thread,
     uniform_frame_indices,
@@ -49,7 +58,7 @@ except ImportError:  # pragma: no cover
     av = None
 
 
-__all__ = ["DecodedVideo", "VideoLlamaVideoProcessor", "frames_message"]
+__all__ = ["DecodedVideo", "VideoLlamaVideoProcessor", "frames_message", "headtail_frame_indices"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -98,6 +107,11 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
         image_mean / image_std: CLIP constants.
         video_interpolation (`str`, defaults to `"bilinear"`): swscale flag for video frames (decord's).
         image_resample (`int`, defaults to 3 = PIL bicubic): resampling for still images (BLIP-2's).
+        do_train_augmentation (`bool`, defaults to `False`): random resized crop as the original's *training*
+            processors (see the module docstring). Leave it off for inference and evaluation.
+        crop_scale / crop_ratio: area fraction and aspect-ratio range of the random crop ((0.5, 1.0), (3/4, 4/3)).
+        frame_sampling (`str`, defaults to `"uniform"`): `"uniform"` (demo and instruction data) or `"headtail"`
+            (the original's stage-1 video-caption sampling; random, used only with `do_train_augmentation`).
     """
 
     model_input_names = ["pixel_values_videos", "video_frames_mask"]
@@ -112,9 +126,17 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
         video_interpolation: str = "bilinear",
         image_resample: int = 3,
         do_sample_frames: bool = True,
+        do_train_augmentation: bool = False,
+        crop_scale: Sequence[float] = (0.5, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        frame_sampling: str = "uniform",
         **kwargs: Any,
     ):
         kwargs.pop("video_processor_type", None)
+        if frame_sampling not in ("uniform", "headtail"):
+            raise ValueError(f"`frame_sampling` must be 'uniform' or 'headtail', got {frame_sampling!r}.")
+        if not (0 < crop_scale[0] <= crop_scale[1] <= 1) or not (0 < crop_ratio[0] <= crop_ratio[1]):
+            raise ValueError(f"Bad crop range: crop_scale={tuple(crop_scale)}, crop_ratio={tuple(crop_ratio)}.")
         super().__init__(**kwargs)
         self.num_frames = num_frames
         self.fps = fps
@@ -124,29 +146,53 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
         self.video_interpolation = video_interpolation
         self.image_resample = image_resample
         self.do_sample_frames = do_sample_frames
+        self.do_train_augmentation = do_train_augmentation
+        self.crop_scale = list(crop_scale)
+        self.crop_ratio = list(crop_ratio)
+        self.frame_sampling = frame_sampling
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
     # ------------------------------------------------------------------------------------------------------------
 
-    def load(self, video: Any, num_frames: int | None = None, fps: float | None = None) -> DecodedVideo:
+    def load(
+        self, video: Any, num_frames: int | None = None, fps: float | None = None, augment: bool | None = None
+    ) -> DecodedVideo:
         """Decode and sample one video / image into uint8 frames at the output size.
 
         Accepts a path, bytes or binary file object (video or image file), a `PIL.Image` (1 frame), a list of PIL
         images (the frames of one video), a uint8 array/tensor `(H, W, 3)` (1 frame), `(T, H, W, 3)` or
-        `(T, 3, H, W)`, or an already decoded `DecodedVideo` (returned unchanged).
+        `(T, 3, H, W)`, or an already decoded `DecodedVideo` (returned unchanged). `augment` overrides
+        `do_train_augmentation` for this call (random crop, and headtail sampling if configured).
         """
         if isinstance(video, DecodedVideo):
             return video
+        augment = self.do_train_augmentation if augment is None else augment
+        if not augment:
+            return self._load(video, num_frames, fps, augment=False)
+        decoded = self._load(video, num_frames, fps, augment=True)
+        if decoded.kind == "video":
+            decoded.frames = self._random_resized_crop_frames(decoded.frames)
+        return decoded
+
+    def _load(self, video: Any, num_frames: int | None, fps: float | None, augment: bool) -> DecodedVideo:
         num_frames = self.num_frames if num_frames is None else num_frames
         fps = self.fps if fps is None else fps
         height, width = self.size["height"], self.size["width"]
         if isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read"):
             image = self._try_open_image(video)
             if image is not None:
-                return self._from_pil(image, describe_source(video))
+                return self._from_pil(image, describe_source(video), augment)
+            indices = None
+            if augment and self.frame_sampling == "headtail":
+                if hasattr(video, "seek"):
+                    video.seek(0)
+                indices = headtail_frame_indices(probe_video(video).num_frames, num_frames or 8)
+                if hasattr(video, "seek"):
+                    video.seek(0)
             frames, info, indices = read_video_frames(
                 video,
+                indices=indices,
                 num_frames=num_frames,
                 fps=fps,
                 size=(height, width),
@@ -163,7 +209,7 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
             )
             return DecodedVideo(frames=frames, metadata=metadata, kind="video", source_name=describe_source(video))
         if PIL is not None and isinstance(video, PIL.Image.Image):
-            return self._from_pil(video, "the PIL image")
+            return self._from_pil(video, "the PIL image", augment)
         if isinstance(video, (list, tuple)):
             if len(video) == 0:
                 raise ValueError("Video given as an empty list of frames.")
@@ -199,9 +245,13 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
                 return None
         return None
 
-    def _from_pil(self, image: Any, name: str) -> DecodedVideo:
+    def _from_pil(self, image: Any, name: str, augment: bool = False) -> DecodedVideo:
         height, width = self.size["height"], self.size["width"]
-        resized = image.convert("RGB").resize((width, height), resample=self.image_resample)
+        image = image.convert("RGB")
+        if augment:  # Blip2ImageTrainProcessor: RandomResizedCrop on the full image, then resize (bicubic)
+            top, left, crop_h, crop_w = self._crop_params(image.height, image.width)
+            image = image.crop((left, top, left + crop_w, top + crop_h))
+        resized = image.resize((width, height), resample=self.image_resample)
         frames = np.asarray(resized, dtype=np.uint8)[None]
         metadata = VideoMetadata(
             total_num_frames=1, fps=None, width=image.width, height=image.height, frames_indices=[0]
@@ -236,6 +286,39 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
             total_num_frames=total, fps=None, width=array.shape[2], height=array.shape[1], frames_indices=indices
         )
         return DecodedVideo(frames=frames, metadata=metadata, kind="video", source_name="the video array")
+
+    def _crop_params(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """torchvision's `RandomResizedCrop.get_params` (10 tries, then a centre crop), on torch's RNG."""
+        area = height * width
+        log_ratio = torch.log(torch.tensor(self.crop_ratio, dtype=torch.float64))
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.crop_scale[0], self.crop_scale[1]).item()
+            aspect = math.exp(torch.empty(1).uniform_(log_ratio[0].item(), log_ratio[1].item()).item())
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, size=(1,)).item())
+                left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+                return top, left, h, w
+        in_ratio = width / height
+        if in_ratio < min(self.crop_ratio):
+            w, h = width, int(round(width / min(self.crop_ratio)))
+        elif in_ratio > max(self.crop_ratio):
+            h, w = height, int(round(height * max(self.crop_ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def _random_resized_crop_frames(self, frames: np.ndarray) -> np.ndarray:
+        """`RandomResizedCropVideo`: one crop for the whole clip, bicubic back to the output size, clamped to uint8."""
+        num_frames, height, width = frames.shape[:3]
+        top, left, crop_h, crop_w = self._crop_params(height, width)
+        clip = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + crop_h, left : left + crop_w]))
+        clip = clip.permute(0, 3, 1, 2).float()
+        out = torch.nn.functional.interpolate(
+            clip, size=(self.size["height"], self.size["width"]), mode="bicubic", align_corners=False
+        )
+        return out.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
     def _resize_frame(self, frame: np.ndarray) -> np.ndarray:
         """Resize one RGB frame with FFmpeg's scale filter (the same swscale bilinear as the file path)."""
@@ -318,6 +401,23 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
         for key in ("_processor_class", "processor_class"):
             output.pop(key, None)
         return output
+
+
+def headtail_frame_indices(num_total: int, num_frames: int) -> list[int]:
+    """The original's stage-1 "headtail" sampling: `num_frames // 2` sorted random frames from each half.
+
+    Like the original it needs at least `num_frames // 2` frames in each half (it raised and retried another sample);
+    here a clear error names the numbers.
+    """
+    half = num_frames // 2
+    if num_total // 2 < half or num_total - num_total // 2 < half:
+        raise ValueError(
+            f"Headtail sampling of {num_frames} frames needs at least {half} frames in each half of the video, but "
+            f"it has {num_total} frames."
+        )
+    head = sorted(torch.randperm(num_total // 2)[:half].tolist())
+    tail = sorted((num_total // 2 + torch.randperm(num_total - num_total // 2)[:half]).tolist())
+    return head + tail
 
 
 def _to_numpy(value: Any, what: str) -> np.ndarray:

@@ -1,0 +1,481 @@
+# Copyright 2025 The transformers-videollama contributors.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Training batches for Video-LLaMA: training text, token ids, labels and lazily decoded media.
+
+Two kinds of examples (see `data_videollama` for the record format every loader produces):
+
+* **caption** (stage 1, and stage 2's image-caption data): `[BOS] + [prompt before] + media + [prompt after] +
+  caption + end_sym`, every part tokenised on its own as the original's `forward` did (so the ids are the original's);
+  the loss covers the caption and `end_sym` only.
+* **instruction** (stage 2): the original's *training* text, which differs from the demo prompt:
+
+      Vicuna   "\\n\\n###Human: <Video>{Q placeholders}</Video> {timestamps} {q0}\\n###Assistant: {a0}\\n###Human: ...###"
+      LLaMA-2  "[INST] <<SYS>>\\n \\n<</SYS>>\\n\\n<Video>{Q placeholders}</Video> {timestamps} {q0} [/INST] {a0} </s><s>[INST] ..."
+
+  tokenised once, with BOS. Images (LLaVA `<image>`) become `<Image>{Q placeholders}</Image>`.
+
+Label masking (`label_masking`):
+
+* `"answers"` (default): exactly the tokens of the assistant's answers and of the end-of-turn marker that follows
+  each answer (`"\\n###"` for Vicuna, `" </s>"` for LLaMA-2: the model must learn to stop) are supervised; the system
+  text, the user turns, role names, placeholders and padding are -100. Tokens are attributed to answers by their
+  character offsets in the rendered text, so nothing depends on tokenising pieces separately.
+* `"original"`: the original code's masking, reproduced literally for exact reproduction of its runs. For Vicuna
+  (`preprocess` + `_mask_targets`) every piece is tokenised on its own *with* BOS to measure it, so each masked span
+  ends one token late and the supervised spans drift by one token per turn; the first 2 tokens of every user turn are
+  left unmasked. For LLaMA-2 (`preprocess_for_llama_v2`) each round is measured with its BOS and the instruction
+  with `len - 2`. The attention mask is `input_ids != pad_token_id`, as the original's collater built it.
+
+Audio. An example's `audio` (a video or audio file; usually the video itself) is rendered with the demo's
+audio-visual sentence and fills the `<AudioHere>` placeholders through the ImageBind audio trunk. In the paper's
+audio-branch stages (`audio_branch_from_images=True`) there is no audio at all: the frames are encoded by ImageBind's
+*vision* trunk (`imagebind_pixel_values`) and fill `num_audio_query_tokens` `<AudioHere>` placeholders inside the
+visual wrapper (`<Video>...</Video>`), like the original's `train_flag == 1`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .processing_videollama import AUDIO_TOKEN, VIDEO_TOKEN
+from .video_processing_videollama import frames_message
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "TRAINING_FORMATS",
+    "EncodedExample",
+    "VideoLlamaDataCollator",
+    "blip_caption",
+    "original_llama2_labels",
+    "original_vicuna_labels",
+    "render_training_text",
+]
+
+IGNORE_INDEX = -100
+# The visual wrappers of the original's training text (`preprocess_multimodal` of both instruction datasets).
+VIDEO_WRAPPER = ("<Video>", "</Video> ")
+IMAGE_WRAPPER = ("<Image>", "</Image>")
+# The demo's audio sentences (the chat templates'): the only way the released models ever saw audio.
+AUDIO_VISUAL_SENTENCE = (
+    "Close your eyes, open your ears and you imagine only based on the sound that: {audio}.                 "
+    "Close your ears, open your eyes and you see that {video}.                  "
+    "Now answer my question based on what you have just seen and heard. "
+)
+AUDIO_SENTENCE = "Close your eyes, open your ears and you imagine only based on the sound that: {audio}. "
+
+TRAINING_FORMATS = {
+    # the system text and role names of the original's training conversations (`video_conversation`,
+    # `llama_v2_video_conversation`); the layout itself is in `render_training_text`
+    "vicuna": {"system": "", "roles": ("Human", "Assistant")},
+    "llama2": {"system": " ", "roles": ("USER", "ASSISTANT")},
+}
+
+
+def blip_caption(caption: str, max_words: int = 50) -> str:
+    """LAVIS' `BlipCaptionProcessor`: lowercase, punctuation `.!"()*#:;~` to spaces, one space, first 50 words."""
+    caption = re.sub(r"([.!\"()*#:;~])", " ", caption.lower())
+    caption = re.sub(r"\s{2,}", " ", caption).rstrip("\n").strip(" ")
+    words = caption.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else caption
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Training text
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _turns(conversations: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Normalise `[{"from": "human"|"gpt", "value"}]` / `[{"role": "user"|"assistant", "content"}]` / `[{"q","a"}]`."""
+    turns: list[tuple[str, str]] = []
+    for i, turn in enumerate(conversations):
+        if "q" in turn and "a" in turn:  # VideoChat-instruct `QA` pairs
+            turns += [("user", str(turn["q"])), ("assistant", str(turn["a"]))]
+            continue
+        role = str(turn.get("from", turn.get("role", ""))).lower()
+        value = turn.get("value", turn.get("content"))
+        if role in ("human", "user"):
+            role = "user"
+        elif role in ("gpt", "assistant"):
+            role = "assistant"
+        else:
+            raise ValueError(f"Conversation turn {i} has an unknown role {role!r}; use human/gpt or user/assistant.")
+        if not isinstance(value, str):
+            raise ValueError(f"Conversation turn {i} needs a string 'value' (or 'content'), got {value!r}.")
+        turns.append((role, value))
+    if not turns or turns[0][0] != "user":
+        raise ValueError("A conversation must start with a user (human) turn.")
+    for i, (role, _) in enumerate(turns):
+        if role != ("user", "assistant")[i % 2]:
+            raise ValueError(f"Conversation turns must alternate user/assistant; turn {i} is a second {role!r} turn.")
+    return turns
+
+
+def render_training_text(
+    turns: Sequence[tuple[str, str]], chat_format: str, system: str | None = None
+) -> tuple[str, list[tuple[int, int]], list[str]]:
+    """The original's training text for alternating `(role, text)` turns (media already spliced into the text).
+
+    Returns `(text, answer_spans, pieces)`: the character spans of every answer *with* its end-of-turn marker (what
+    the default masking supervises), and the pieces the original measured for its own masking (Vicuna: the header and
+    one string per turn; LLaMA-2: unused, the rounds are re-derived from the text as the original did).
+    """
+    if chat_format not in TRAINING_FORMATS:
+        raise ValueError(f"Unknown chat_format {chat_format!r}; choose one of {sorted(TRAINING_FORMATS)}.")
+    system = TRAINING_FORMATS[chat_format]["system"] if system is None else system
+    spans: list[tuple[int, int]] = []
+    if chat_format == "vicuna":
+        human, assistant = TRAINING_FORMATS["vicuna"]["roles"]
+        text = header = f"{system}\n\n"
+        pieces = [header]
+        for role, value in turns:
+            piece = f"###{human if role == 'user' else assistant}: {value}\n"
+            if role == "assistant":
+                start = len(text) + len(f"###{assistant}: ")
+                spans.append((start, len(text) + len(piece) + len("###")))  # answer + "\n###"
+            text += piece
+            pieces.append(piece)
+        return text + "###", spans, pieces
+    # LLaMA-2 (`Conversation.get_prompt`, LLAMA_2 style, sep "<s>", sep2 "</s>", then `.lstrip("<s>")`)
+    text = ""
+    for i, (role, value) in enumerate(turns):
+        if role == "user":
+            if i == 0:
+                value = f"<<SYS>>\n{system}\n<</SYS>>\n\n{value}"
+            text += ("<s>" if i else "") + f"[INST] {value} [/INST]"
+        else:
+            start = len(text) + 1
+            text += f" {value} </s>"
+            spans.append((start, len(text)))  # answer + " </s>"
+    return text, spans, []
+
+
+def _count_not_pad(ids: Sequence[int], pad_id: int) -> int:
+    return sum(1 for i in ids if i != pad_id)
+
+
+def original_vicuna_labels(
+    input_ids: Sequence[int], pieces: Sequence[str], speakers: Sequence[str], tokenizer: Any, max_length: int = 512
+) -> list[int]:
+    """`preprocess` + `_mask_targets` of the original (Vicuna), literally, drift included.
+
+    Each piece (header, then one per turn) is tokenised on its own with BOS and measured as its non-pad token count;
+    the header is masked, then each user turn from 2 tokens after its (drifted) start to its (drifted) end.
+    """
+    pad_id = tokenizer.pad_token_id
+    lens = [_count_not_pad(tokenizer(p, truncation=True, max_length=max_length).input_ids, pad_id) for p in pieces]
+    labels = list(input_ids)
+    cur = lens[0]
+    labels[:cur] = [IGNORE_INDEX] * len(labels[:cur])
+    for length, speaker in zip(lens[1:], speakers):
+        if speaker == "user":
+            stop = min(cur + length, len(labels))
+            if cur + 2 < stop:
+                labels[cur + 2 : stop] = [IGNORE_INDEX] * (stop - cur - 2)
+        cur += length
+    return labels
+
+
+def original_llama2_labels(input_ids: Sequence[int], text: str, tokenizer: Any) -> list[int]:
+    """`preprocess_for_llama_v2` of the original, literally: rounds split on `</s>`, each measured with its BOS."""
+    labels = list(input_ids)
+    cur = 1
+    labels[:cur] = [IGNORE_INDEX] * len(labels[:cur])
+    for rou in text.split("</s>"):
+        if rou == "":
+            break
+        parts = rou.split("[/INST] ")
+        if len(parts) != 2:
+            break
+        round_len = len(tokenizer(rou).input_ids)
+        instruction_len = len(tokenizer(parts[0] + "[/INST] ").input_ids) - 2
+        lo, hi = min(cur, len(labels)), min(max(cur + instruction_len, cur), len(labels))
+        labels[lo:hi] = [IGNORE_INDEX] * (hi - lo)
+        cur += round_len
+    labels[cur:] = [IGNORE_INDEX] * len(labels[cur:])
+    return labels
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Collator
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedExample:
+    """One example after text rendering and tokenisation, before media decoding and padding."""
+
+    input_ids: list[int]
+    labels: list[int]
+    attention_mask: list[int]
+    videos: list[Any] = field(default_factory=list)  # decoded `DecodedVideo`s, in placeholder order
+    audios: list[Any] = field(default_factory=list)  # audio sources, in placeholder order
+    text: str = ""
+
+
+@dataclass
+class VideoLlamaDataCollator:
+    """Turn training records into model batches: ids, attention mask, labels, frames and audio features.
+
+    Media are decoded here, lazily, with PyAV (per batch, in the DataLoader workers), so datasets hold only paths.
+
+    Args:
+        processor (`VideoLlamaProcessor`): its tokenizer, video processor (frame sampling; training augmentation if
+            `do_train_augmentation` is on) and feature extractor are used, and its placeholder counts.
+        chat_format (`str`, defaults to `"vicuna"`): training text of the Vicuna or the LLaMA-2 release (`"llama2"`).
+        label_masking (`str`, defaults to `"answers"`): `"answers"` or `"original"` (see the module docstring).
+        audio_branch_from_images (`bool`, defaults to `False`): the paper's audio-branch stages: frames go through
+            ImageBind's vision trunk into the audio Q-Former (`imagebind_pixel_values`) and fill
+            `num_audio_query_tokens` audio placeholders in place of the video placeholders.
+        timestamps (`bool`, defaults to `True`): put the timestamp sentence after a video, as the original did for
+            every dataset except the Chinese ones (`data_type` with "cn").
+        system (`str`, *optional*): system text of the training format (default `""` Vicuna, `" "` LLaMA-2).
+        caption_prompts (`list[str]`, *optional*): stage-2 image-caption prompts with one `<ImageHere>` (the
+            original's `prompts/alignment_image.txt`); one is drawn per example and wrapped in `caption_template`.
+        caption_template (`str`, *optional*): e.g. `"###Human: {} ###Assistant: "` (Vicuna) or
+            `"[INST] <<SYS>>\\n \\n<</SYS>>\\n\\n{} [/INST] "` (LLaMA-2). Defaults to the chat format's.
+        end_sym (`str`, defaults to `"\\n"`): appended to captions (the original's default; its stage-2 configs use
+            `"###"` for Vicuna and `"</s>"` for LLaMA-2).
+        max_length (`int`, defaults to 512): instruction texts are truncated here (the original's limit); a cut
+            through media placeholders raises.
+        max_caption_tokens (`int`, defaults to 32): caption + end_sym truncation (the original's `max_txt_len`).
+        num_frames (`int`, *optional*): frames per video (default: the video processor's, 8).
+    """
+
+    processor: Any
+    chat_format: str = "vicuna"
+    label_masking: str = "answers"
+    audio_branch_from_images: bool = False
+    timestamps: bool = True
+    system: str | None = None
+    caption_prompts: Sequence[str] | None = None
+    caption_template: str | None = None
+    end_sym: str = "\n"
+    max_length: int = 512
+    max_caption_tokens: int = 32
+    num_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.chat_format not in TRAINING_FORMATS:
+            raise ValueError(f"chat_format must be one of {sorted(TRAINING_FORMATS)}, got {self.chat_format!r}.")
+        if self.label_masking not in ("answers", "original"):
+            raise ValueError(f"label_masking must be 'answers' or 'original', got {self.label_masking!r}.")
+        for prompt in self.caption_prompts or ():
+            if prompt.count(VIDEO_TOKEN) != 1:
+                raise ValueError(f"Each caption prompt needs exactly one {VIDEO_TOKEN}; got {prompt!r}.")
+        if self.caption_template is None:
+            self.caption_template = {
+                "vicuna": "###Human: {} ###Assistant: ",
+                "llama2": "[INST] <<SYS>>\n \n<</SYS>>\n\n{} [/INST] ",
+            }[self.chat_format]
+        tokenizer = self.processor.tokenizer
+        if tokenizer is None:
+            raise ValueError("The processor has no tokenizer; build it with build_videollama_tokenizer().")
+        self.tokenizer = tokenizer
+        self.video_id = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
+        self.audio_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # -- public ------------------------------------------------------------------------------------------------------
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not examples:
+            raise ValueError("The collator got an empty batch.")
+        encoded = [self.encode(example) for example in examples]
+        return self.pad(encoded)
+
+    def encode(self, example: dict[str, Any]) -> EncodedExample:
+        """Render, tokenise and label one record (decoding its media, which the text needs for timestamps)."""
+        try:
+            if example.get("conversations"):
+                return self._encode_conversation(example)
+            if example.get("caption") is not None:
+                return self._encode_caption(example)
+        except (ValueError, OSError) as error:
+            raise type(error)(f"{_describe(example)}: {error}") from error
+        raise ValueError(f"{_describe(example)}: a training record needs 'conversations' or a 'caption'.")
+
+    def pad(self, encoded: Sequence[EncodedExample]) -> dict[str, torch.Tensor]:
+        """Right-pad ids (pad id), labels (-100) and the attention mask (0); stack the media."""
+        length = max(len(e.input_ids) for e in encoded)
+        batch = {
+            "input_ids": torch.full((len(encoded), length), self.pad_id, dtype=torch.long),
+            "attention_mask": torch.zeros(len(encoded), length, dtype=torch.long),
+            "labels": torch.full((len(encoded), length), IGNORE_INDEX, dtype=torch.long),
+        }
+        for row, e in enumerate(encoded):
+            n = len(e.input_ids)
+            batch["input_ids"][row, :n] = torch.tensor(e.input_ids)
+            batch["attention_mask"][row, :n] = torch.tensor(e.attention_mask)
+            batch["labels"][row, :n] = torch.tensor(e.labels)
+        videos = [v for e in encoded for v in e.videos]
+        if videos:
+            frames = self.processor.video_processor.batch(videos, return_tensors="pt")
+            if self.audio_branch_from_images:
+                batch["imagebind_pixel_values"] = frames["pixel_values_videos"]
+                batch["imagebind_frames_mask"] = frames["video_frames_mask"]
+            else:
+                batch["pixel_values_videos"] = frames["pixel_values_videos"]
+                batch["video_frames_mask"] = frames["video_frames_mask"]
+        audios = [a for e in encoded for a in e.audios]
+        if audios:
+            batch["input_values"] = self.processor.feature_extractor(audios, return_tensors="pt")["input_values"]
+        return batch
+
+    # -- media -------------------------------------------------------------------------------------------------------
+
+    def _media(self, example: dict[str, Any]) -> tuple[Any, str | None]:
+        """The decoded video/image of a record (or None) and its kind."""
+        source = example.get("media") or example.get("video") or example.get("image")
+        if not source:
+            return None, None
+        path = os.fspath(source) if isinstance(source, os.PathLike) else source
+        if isinstance(path, str) and not os.path.isfile(path):
+            raise FileNotFoundError(f"media file {path!r} does not exist")
+        decoded = self.processor.video_processor.load(path, num_frames=self.num_frames)
+        return decoded, decoded.kind
+
+    def _placeholders(self) -> tuple[str, int]:
+        if self.audio_branch_from_images:
+            return AUDIO_TOKEN, self.processor.num_audio_query_tokens
+        return VIDEO_TOKEN, self.processor.num_video_query_tokens
+
+    def _audio_source(self, example: dict[str, Any]) -> Any:
+        audio = example.get("audio")
+        if audio in (None, "", False):
+            return None
+        if self.audio_branch_from_images:
+            raise ValueError(
+                "audio_branch_from_images=True trains the audio branch on frames; records must not carry audio"
+            )
+        if audio is True:
+            audio = example.get("media") or example.get("video")
+        if isinstance(audio, str) and not os.path.isfile(audio):
+            raise FileNotFoundError(f"audio file {audio!r} does not exist")
+        return audio
+
+    # -- instruction examples ----------------------------------------------------------------------------------------
+
+    def _encode_conversation(self, example: dict[str, Any]) -> EncodedExample:
+        turns = _turns(example["conversations"])
+        decoded, kind = self._media(example)
+        audio = self._audio_source(example)
+        token, count = self._placeholders()
+        slot = token * count
+        videos, audios = ([decoded] if decoded is not None else []), ([audio] if audio is not None else [])
+
+        first = turns[0][1]
+        audio_slot = AUDIO_TOKEN * self.processor.num_audio_query_tokens
+        if decoded is not None:
+            # in place of a LLaVA-style tag (the original replaced "<image>" in place), else in front of the first
+            # question (VideoChat style; the original's "<Video>...</Video> " + timestamps + question)
+            if kind == "image":
+                tag, wrapped = "<image>", IMAGE_WRAPPER[0] + slot + IMAGE_WRAPPER[1]
+                in_place, in_front = wrapped, wrapped + " "
+            else:
+                tag, wrapped = "<video>", VIDEO_WRAPPER[0] + slot + VIDEO_WRAPPER[1].rstrip(" ")
+                message = frames_message(decoded.metadata) if self.timestamps and decoded.metadata.fps else ""
+                in_place = in_front = wrapped + " " + message
+            if audio is not None:  # the demo's audio-visual sentence (it carries no timestamps)
+                in_place = in_front = AUDIO_VISUAL_SENTENCE.format(audio=audio_slot, video=wrapped)
+            mentioned = [i for i, (_, text) in enumerate(turns) if tag in text]
+            if len(mentioned) > 1 or any(turns[i][1].count(tag) > 1 for i in mentioned):
+                raise ValueError(f"the conversation mentions {tag} more than once but the record has one {kind}")
+            if mentioned:
+                i = mentioned[0]
+                turns[i] = (turns[i][0], turns[i][1].replace(tag, in_place))
+            else:
+                turns[0] = ("user", in_front + first)
+        elif audio is not None:
+            turns[0] = ("user", AUDIO_SENTENCE.format(audio=audio_slot) + first)
+        for role, text in turns:
+            for stray in ("<image>", "<video>"):
+                if stray in text:
+                    raise ValueError(f"the conversation contains {stray} but the record has no {stray[1:-1]} file")
+
+        text, spans, pieces = render_training_text(turns, self.chat_format, self.system)
+        encoding = self.tokenizer(
+            text, truncation=True, max_length=self.max_length, return_offsets_mapping=self.label_masking == "answers"
+        )
+        ids = list(encoding.input_ids)
+        self._check_placeholders(ids, len(videos), len(audios))
+        if self.label_masking == "original":
+            if self.chat_format == "vicuna":
+                labels = original_vicuna_labels(
+                    ids, pieces, [r for r, _ in turns], self.tokenizer, max_length=self.max_length
+                )
+            else:
+                labels = original_llama2_labels(ids, text, self.tokenizer)
+            attention = [int(i != self.pad_id) for i in ids]
+        else:
+            labels = [
+                i if any(s < end and e > start for start, end in spans) and e > s else IGNORE_INDEX
+                for i, (s, e) in zip(ids, encoding.offset_mapping)
+            ]
+            labels = [IGNORE_INDEX if i in (self.video_id, self.audio_id) else lab for i, lab in zip(ids, labels)]
+            attention = [1] * len(ids)
+        return EncodedExample(ids, labels, attention, videos, audios, text)
+
+    def _check_placeholders(self, ids: Sequence[int], num_visual: int, num_audio: int) -> None:
+        token, count = self._placeholders()
+        want_video = 0 if self.audio_branch_from_images else num_visual * count
+        want_audio = num_audio * self.processor.num_audio_query_tokens + (
+            num_visual * count if self.audio_branch_from_images else 0
+        )
+        got_video, got_audio = sum(i == self.video_id for i in ids), sum(i == self.audio_id for i in ids)
+        if (got_video, got_audio) != (want_video, want_audio):
+            raise ValueError(
+                f"after tokenisation the text has {got_video} video and {got_audio} audio placeholder tokens, expected "
+                f"{want_video} and {want_audio}: max_length={self.max_length} cut through the media, or the text "
+                "itself contains placeholder tokens"
+            )
+
+    # -- caption examples --------------------------------------------------------------------------------------------
+
+    def _encode_caption(self, example: dict[str, Any]) -> EncodedExample:
+        decoded, _ = self._media(example)
+        if decoded is None:
+            raise ValueError("a caption record needs a video or image")
+        token, count = self._placeholders()
+        before, after = "", ""
+        if self.caption_prompts:
+            prompt = self.caption_prompts[int(torch.randint(len(self.caption_prompts), (1,)).item())]
+            before, after = self.caption_template.format(prompt).split(VIDEO_TOKEN)
+
+        def tok(text: str) -> list[int]:
+            return list(self.tokenizer(text, add_special_tokens=False).input_ids) if text else []
+
+        caption = self.tokenizer(
+            example["caption"] + self.end_sym,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=self.max_caption_tokens,
+        )
+        caption_ids = list(caption.input_ids)
+        prefix = [self.tokenizer.bos_token_id] + tok(before) + [self.tokenizer.convert_tokens_to_ids(token)] * count
+        prefix += tok(after)
+        ids = prefix + caption_ids
+        labels = [IGNORE_INDEX] * len(prefix) + caption_ids
+        if self.label_masking == "original":  # padding-id tokens of the caption were masked as padding
+            labels = [
+                IGNORE_INDEX if i == self.pad_id and n >= len(prefix) else lab
+                for n, (i, lab) in enumerate(zip(ids, labels))
+            ]
+        attention = [1] * len(prefix) + list(caption.attention_mask)
+        return EncodedExample(ids, labels, attention, [decoded], [], "")
+
+
+def _describe(example: dict[str, Any]) -> str:
+    for key in ("id", "media", "video", "image"):
+        if example.get(key):
+            return f"training record {key}={example[key]!r}"
+    return "training record"

@@ -1,0 +1,222 @@
+# Copyright 2025 The transformers-videollama contributors.
+# SPDX-License-Identifier: BSD-3-Clause
+"""Fine-tuning Video-LLaMA: the paper's stages as presets, freezing, PEFT adapters and a Trainer with throughput logs.
+
+Stages (`presets/training/*.json`, data not code; `load_training_preset(name)`):
+
+    vision-stage1   video/image captions       trains video_qformer (+ its queries), video_position_embedding,
+    vision-stage2   image/video instructions                 video_projection
+    audio-stage1    video/image captions       trains audio_qformer (+ its queries), audio_position_embedding,
+    audio-stage2    image/video instructions                 audio_projection; frames reach the audio Q-Former through
+                                               ImageBind's *vision* trunk (`imagebind_pixel_values`)
+
+Everything else (EVA ViT, BLIP-2 Q-Former, ImageBind trunks, the LLM) is frozen, as in the paper; `trainable_modules`
+overrides the list. Entirely frozen sub-modules are kept in eval mode while training (no dropout in the frozen
+BLIP-2 Q-Former), as the original's `disabled_train` did.
+
+PEFT: `lora_config(...)` targets the LLM's attention and MLP projections and optionally the Q-Formers' attention;
+the stage's fully trained modules (Q-Former, positions, projection) go in `modules_to_save`, so one adapter folder
+holds everything a stage changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LLM_LORA_TARGETS",
+    "QFORMER_LORA_TARGETS",
+    "VideoLlamaTrainer",
+    "available_training_presets",
+    "caption_prompts",
+    "freeze_for_training",
+    "keep_frozen_modules_in_eval",
+    "load_training_preset",
+    "lora_config",
+    "trainable_parameter_names",
+]
+
+TRAINING_PRESETS_DIR = Path(__file__).resolve().parent / "presets" / "training"
+# PEFT regexes (full-name match). The LLM's linear layers only: Q-Former attention layers are named query/key/value.
+LLM_LORA_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+QFORMER_LORA_TARGETS = (
+    r"model\.{qformers}\.encoder\.layer\.\d+\.(attention|crossattention)\.attention\.(query|key|value)"
+)
+
+
+def available_training_presets() -> list[str]:
+    """Names of the shipped stage presets."""
+    return sorted(p.stem for p in TRAINING_PRESETS_DIR.glob("*.json"))
+
+
+def load_training_preset(name: str) -> dict[str, Any]:
+    """A stage preset (`vision-stage1`, `vision-stage2`, `audio-stage1`, `audio-stage2`) as a dict."""
+    path = TRAINING_PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"Unknown training stage {name!r}; available: {', '.join(available_training_presets())}")
+    return json.loads(path.read_text())
+
+
+def caption_prompts(name_or_path: str) -> list[str]:
+    """Caption prompts, one per line with one `<ImageHere>`: a shipped set (`"alignment_image"`) or a text file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = TRAINING_PRESETS_DIR / f"{name_or_path}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"caption prompts {name_or_path!r}: neither a file nor a shipped prompt set")
+    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"caption prompts file {str(path)!r} is empty")
+    return prompts
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    """The `VideoLlamaForConditionalGeneration` under a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _matches(name: str, module_names: list[str]) -> bool:
+    """Whether parameter `name` (e.g. `model.video_qformer.encoder...`) lies inside one of `module_names`."""
+    relative = name[len("model.") :] if name.startswith("model.") else name
+    return any(relative == m or relative.startswith(m + ".") or name.startswith(m + ".") for m in module_names)
+
+
+def freeze_for_training(model: nn.Module, trainable_modules: list[str]) -> list[str]:
+    """Freeze every parameter except those inside `trainable_modules` (names relative to `model.model`, e.g.
+    `"video_qformer"`, or full names such as `"lm_head"`); return the trainable parameter names.
+
+    Raises if a name matches no parameter (e.g. an audio module on a vision-only checkpoint), so a typo cannot
+    silently train nothing.
+    """
+    if not trainable_modules:
+        raise ValueError("trainable_modules is empty: nothing would be trained")
+    names = [n for n, _ in model.named_parameters()]
+    unknown = [m for m in trainable_modules if not any(_matches(n, [m]) for n in names)]
+    if unknown:
+        tops = sorted({n.split(".")[1] if n.startswith("model.") else n.split(".")[0] for n in names})
+        raise ValueError(f"trainable_modules {unknown} match no parameter of this model; its modules: {tops}")
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(_matches(name, trainable_modules))
+        if param.requires_grad:
+            trainable.append(name)
+    keep_frozen_modules_in_eval(model)
+    return trainable
+
+
+def trainable_parameter_names(model: nn.Module) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def keep_frozen_modules_in_eval(model: nn.Module) -> None:
+    """Keep the entirely frozen top-level blocks of `model.model` in eval mode during training.
+
+    `Trainer` calls `model.train()`, which would switch on dropout inside frozen blocks (the BLIP-2 Q-Former has
+    dropout 0.1); the original overrode their `train` with a no-op. A forward pre-hook re-applies eval mode to the
+    blocks that hold no trainable parameter at every forward, so it also holds under PEFT and DDP wrappers.
+    Idempotent.
+    """
+    base = _base_model(model)
+    inner = getattr(base, "model", base)
+    if getattr(base, "_videollama_eval_hook", None) is not None:
+        base._videollama_eval_hook.remove()
+
+    def hook(module: nn.Module, args: Any) -> None:
+        if not module.training:
+            return
+        for child in inner.children():
+            if child.training and not any(p.requires_grad for p in child.parameters()):
+                child.eval()
+
+    base._videollama_eval_hook = base.register_forward_pre_hook(hook)
+
+
+def lora_config(
+    model: nn.Module,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.05,
+    lora_llm: bool = True,
+    lora_qformers: bool = False,
+    modules_to_save: list[str] | None = None,
+) -> Any:
+    """A `peft.LoraConfig` for Video-LLaMA.
+
+    Args:
+        lora_llm: adapters on the LLM's q/k/v/o and MLP projections.
+        lora_qformers: adapters on the attention of the video (and audio) Q-Formers, instead of training them fully.
+        modules_to_save: modules trained fully and saved with the adapter (typically the stage's trainable modules:
+            Q-Former with its queries, position embedding, projection).
+    """
+    from peft import LoraConfig
+
+    base = _base_model(model)
+    patterns = []
+    if lora_llm:
+        patterns.append(LLM_LORA_TARGETS)
+    if lora_qformers:
+        qformers = [q for q in ("video_qformer", "audio_qformer") if hasattr(base.model, q)]
+        patterns.append(QFORMER_LORA_TARGETS.format(qformers="(" + "|".join(qformers) + ")"))
+    if not patterns and not modules_to_save:
+        raise ValueError("lora_config: no LoRA target and no modules_to_save: the adapter would train nothing")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules="^(" + "|".join(patterns) + ")$" if patterns else [],
+        modules_to_save=list(modules_to_save or []) or None,
+        bias="none",
+    )
+
+
+class VideoLlamaTrainer(Trainer):
+    """`Trainer` that also logs training throughput (`samples_per_second`) at every logging step.
+
+    Throughput is measured over the window since the previous log: optimizer steps x per-device batch x gradient
+    accumulation x processes, divided by wall time (data loading included: it is what a user waits for).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._window_start: tuple[float, int] | None = None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        now, step = time.perf_counter(), self.state.global_step
+        if "loss" in logs:  # a training log (evaluation logs have eval_* keys)
+            if self._window_start is not None and step > self._window_start[1]:
+                elapsed = now - self._window_start[0]
+                samples = (
+                    (step - self._window_start[1])
+                    * self.args.per_device_train_batch_size
+                    * self.args.gradient_accumulation_steps
+                    * max(self.args.world_size, 1)
+                )
+                logs["samples_per_second"] = round(samples / max(elapsed, 1e-9), 3)
+            self._window_start = (now, step)
+        super().log(logs, start_time)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._window_start is None:  # first step of this run (after a resumed state was loaded)
+            self._window_start = (time.perf_counter(), self.state.global_step)
+        return super().training_step(*args, **kwargs)
+
+
+def peak_memory_bytes() -> int:
+    """Peak GPU memory of this process (CUDA), else its peak resident set size (Linux)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,208 @@
+"""Fine-tuning through the example entry point on `transformers.Trainer`: stage presets and freezing, the audio
+branch fed with frames, loss going down, frozen weights untouched, resuming, evaluation and throughput logs."""
+
+import json
+
+import pytest
+import torch
+from _reference import reference_inputs, reference_meta, reference_outputs, release_files
+from _videollama_training import make_dataset, make_model_dir, run_training, trainable_state
+from safetensors.torch import load_file
+
+from transformers_videollama import (
+    ImageBindVisionConfig,
+    VideoLlamaDataCollator,
+    VideoLlamaForConditionalGeneration,
+    VideoLlamaProcessor,
+    available_training_presets,
+    build_videollama_tokenizer,
+    convert_release,
+    freeze_for_training,
+    load_training_preset,
+)
+from transformers_videollama.training_videollama import trainable_parameter_names
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and far faster when other processes share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def _args(model_dir, data, out, *extra):
+    return [
+        "--model_name_or_path", model_dir, "--train_data", f"jsonl:{data}", "--output_dir", out,
+        "--per_device_train_batch_size", "3", "--logging_steps", "1", "--save_strategy", "no",
+        "--use_cpu", "--seed", "0", "--report_to", "none", "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+def _train_losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets and freezing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_stage_presets_freeze_as_the_paper():
+    assert available_training_presets() == ["audio-stage1", "audio-stage2", "vision-stage1", "vision-stage2"]
+    from _videollama_training import tiny_training_config
+
+    model = VideoLlamaForConditionalGeneration(tiny_training_config(imagebind_vision=True))
+    for stage, branch in [("vision-stage1", "video"), ("audio-stage2", "audio")]:
+        preset = load_training_preset(stage)
+        trainable = freeze_for_training(model, preset["trainable_modules"])
+        assert trainable == trainable_parameter_names(model)
+        tops = {name.split(".")[1] for name in trainable}
+        assert tops == {f"{branch}_qformer", f"{branch}_position_embedding", f"{branch}_projection"}
+        assert f"model.{branch}_qformer.query_tokens" in trainable  # the learned queries train with their Q-Former
+    with pytest.raises(ValueError, match=r"trainable_modules \['audio_qformr'\] match no parameter"):
+        freeze_for_training(model, ["audio_qformr"])
+    with pytest.raises(ValueError, match="Unknown training stage 'stage3'"):
+        load_training_preset("stage3")
+
+
+def test_audio_branch_fed_with_frames_reproduces_the_original_loss(tmp_path):
+    """`imagebind_pixel_values` (the first-class input of the audio stages) + the collator's batch give the
+    original's train_flag-1 loss (fixture A, `train_ibvision_multi_vicuna`)."""
+    meta = reference_meta()
+    ib = meta["imagebind"]
+    vision = ImageBindVisionConfig(
+        hidden_size=ib["vision_embed_dim"],
+        num_hidden_layers=ib["vision_num_blocks"],
+        num_attention_heads=ib["vision_num_heads"],
+        intermediate_size=4 * ib["vision_embed_dim"],
+        projection_dim=ib["out_embed_dim"],
+    )
+    from _reference import reference_config
+
+    convert_release(
+        release_files(),
+        tmp_path,
+        dtype="float32",
+        config=reference_config(imagebind_vision_config=vision),
+        include_imagebind_vision=True,
+        save_processor=False,
+        progress=False,
+    )
+    model = VideoLlamaForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    from _videollama_media import LLAMA
+    from _videollama_training import decoded_video
+
+    processor = VideoLlamaProcessor(
+        tokenizer=build_videollama_tokenizer(LLAMA),
+        num_video_query_tokens=meta["video_qformer"]["num_query_token"],
+        num_audio_query_tokens=meta["audio_qformer"]["num_query_token"],
+    )
+    collator = VideoLlamaDataCollator(processor, label_masking="original", audio_branch_from_images=True)
+    batch = collator(
+        [{"media": decoded_video([0, 4, 8], 10.0), "conversations": c} for c in meta["train_conversations"]]
+    )
+    frames = reference_inputs()["imagebind_vision_input"].permute(0, 2, 1, 3, 4)  # (b, c, t, h, w) -> (b, t, c, ...)
+    batch["imagebind_pixel_values"] = frames
+    with torch.no_grad():
+        out = model(**batch)
+    expected = reference_outputs()["train_ibvision_multi_vicuna_loss"]
+    assert abs(out.loss.item() - expected.item()) < 1e-5
+    with pytest.raises(ValueError, match="either input_values .* or imagebind_pixel_values"):
+        model(**batch, input_values=torch.zeros(2, 8, 1, 128, 204))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training runs (the example entry point, in process)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_lora_training_lowers_the_loss(tmp_path, data):
+    model_dir = make_model_dir(tmp_path / "model", lm_head_scale=10.0)
+    trainer = run_training(
+        _args(model_dir, data, tmp_path / "out", "--stage", "vision-stage2", "--use_lora", "--lora_r", "8",
+              "--lora_alpha", "16", "--max_steps", "36", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+              "--eval_split_ratio", "0.25", "--eval_strategy", "steps", "--eval_steps", "18")
+    )  # fmt: skip
+    losses = _train_losses(trainer)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    print(f"LoRA, vision-stage2: mean loss of steps 1-5 {first:.3f} -> steps 32-36 {last:.3f}")
+    assert last < 0.6 * first
+    logs = trainer.state.log_history
+    assert all("learning_rate" in e and "samples_per_second" in e for e in logs if "loss" in e and e["step"] > 1)
+    evals = [e["eval_loss"] for e in logs if "eval_loss" in e]
+    assert len(evals) >= 2 and evals[-1] < evals[0]  # the held-out split is evaluated and improves too
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["metrics"]["train_samples_per_second"] > 0
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+
+
+def test_frozen_parameters_are_bit_identical(tmp_path, data):
+    model_dir = make_model_dir(tmp_path / "model")
+    before = load_file(model_dir / "model.safetensors")
+    trainer = run_training(
+        _args(model_dir, data, tmp_path / "out", "--stage", "vision-stage1", "--max_steps", "6",
+              "--learning_rate", "1e-2", "--activation_checkpointing", "true")
+    )  # fmt: skip
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    trainable = set(trainable_parameter_names(trainer.model))
+    assert trainable and all(n.split(".")[1] in ("video_qformer", "video_position_embedding", "video_projection")
+                             for n in trainable)  # fmt: skip
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed == trainable  # every trained tensor moved, every frozen one is bit-identical
+    assert trainer.model.is_activation_checkpointing
+    # entirely frozen blocks stayed in eval mode while training (no dropout in the frozen BLIP-2 Q-Former)
+    assert trainer.model.training and not trainer.model.model.qformer.training
+    assert trainer.model.model.video_qformer.training
+    # and build no autograd graph: checkpointing's input-grad hook sits on the LLM's embeddings only
+    seen = {}
+    hooks = [
+        module.register_forward_hook(lambda m, a, out, name=name: seen.update({name: out.requires_grad}))
+        for name, module in [
+            ("vit", trainer.model.model.vision_tower.embeddings),
+            ("llm", trainer.model.model.language_model.embed_tokens),
+        ]
+    ]
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    trainer.model(**batch).loss.backward()
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"vit": False, "llm": True}
+
+
+def test_resume_continues_at_the_right_step(tmp_path, data):
+    model_dir = make_model_dir(tmp_path / "model")
+    common = ["--stage", "vision-stage2", "--max_steps", "6", "--learning_rate", "1e-2", "--save_strategy", "steps",
+              "--save_steps", "3", "--train_augmentation", "false"]  # fmt: skip
+    full = run_training(_args(model_dir, data, tmp_path / "full", *common))
+    assert sorted(p.name for p in (tmp_path / "full").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    resumed = run_training(
+        _args(model_dir, data, tmp_path / "resumed", *common, "--resume_from_checkpoint", tmp_path / "full" / "checkpoint-3")
+    )  # fmt: skip
+    # the restored state carries steps 1-3; the run itself trained steps 4-6 (so it saved only checkpoint-6)
+    assert [e["step"] for e in resumed.state.log_history if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert resumed.state.global_step == 6
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint-*")) == ["checkpoint-6"]
+    # same data order, same RNG: steps 4-6 are the uninterrupted run's, to float precision
+    assert _train_losses(resumed) == pytest.approx(_train_losses(full), abs=1e-6)
+    a, b = trainable_state(full), trainable_state(resumed)
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+
+
+def test_audio_stage_trains_the_audio_branch_on_frames(tmp_path, data):
+    model_dir = make_model_dir(tmp_path / "model", imagebind_vision=True)
+    before = load_file(model_dir / "model.safetensors")
+    run_training(_args(model_dir, data, tmp_path / "out", "--stage", "audio-stage2", "--max_steps", "3",
+                       "--learning_rate", "1e-2"))  # fmt: skip
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    changed = {n.split(".")[1] for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"audio_qformer", "audio_position_embedding", "audio_projection"}
+    # a model without ImageBind's vision trunk is refused with the fix in the message
+    with pytest.raises(ValueError, match="--with-imagebind-vision"):
+        run_training(_args(make_model_dir(tmp_path / "plain"), data, tmp_path / "o2", "--stage", "audio-stage1"))
