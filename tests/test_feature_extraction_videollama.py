@@ -100,3 +100,17 @@ def test_save_and_reload(tmp_path):
     loaded = VideoLlamaFeatureExtractor.from_pretrained(tmp_path)
     assert (loaded.mean, loaded.std, loaded.target_length, loaded.feature_size) == (-4.268, 9.138, 204, 128)
     assert loaded.max_full_decode_seconds == 60.0
+
+
+def test_never_mutates_the_callers_samples():
+    """The per-clip mean subtraction is in place; it must run on our own buffer, at any input rate."""
+    import numpy as np
+
+    from transformers_videollama import VideoLlamaFeatureExtractor
+
+    extractor = VideoLlamaFeatureExtractor()
+    for rate in (16000, 44100):
+        samples = (np.random.default_rng(0).standard_normal((2, rate * 3)) * 0.1 + 0.3).astype(np.float32)
+        before = samples.copy()
+        extractor(samples, sampling_rate=rate)
+        assert np.array_equal(samples, before)

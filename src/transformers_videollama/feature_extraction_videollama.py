@@ -189,7 +189,9 @@ class VideoLlamaFeatureExtractor(SequenceFeatureExtractor):
     def _features_from_waveform(self, waveform: Any, rate: int, name: str) -> torch.Tensor:
         wave = _as_float_tensor(waveform, name)
         if rate != self.sampling_rate:
-            wave = _taf.resample(wave, orig_freq=rate, new_freq=self.sampling_rate)
+            wave = _taf.resample(wave, orig_freq=rate, new_freq=self.sampling_rate)  # a new buffer
+        else:
+            wave = wave.clone()  # the clips' mean subtraction is in place: never touch the caller's samples
         wave = wave.contiguous()
         if wave.shape[-1] < _MIN_SAMPLES_16K:
             raise AudioTooShortError(
@@ -391,11 +393,11 @@ def _as_float_tensor(waveform: Any, name: str) -> torch.Tensor:
     if isinstance(waveform, np.ndarray):
         if not np.issubdtype(waveform.dtype, np.floating):
             raise TypeError(f"Audio array {name} has dtype {waveform.dtype}; expected float samples in [-1, 1].")
-        tensor = torch.from_numpy(np.array(waveform, dtype=np.float32, copy=True))
+        tensor = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))  # a view when already float32
     elif isinstance(waveform, torch.Tensor):
         if not waveform.is_floating_point():
             raise TypeError(f"Audio tensor {name} has dtype {waveform.dtype}; expected float samples in [-1, 1].")
-        tensor = waveform.detach().to(torch.float32, copy=True).cpu()
+        tensor = waveform.detach().to(torch.float32).cpu()
     else:
         raise TypeError(f"Cannot use {describe_source(waveform)} as audio: expected a path, bytes, array or tensor.")
     if tensor.ndim == 1:
