@@ -186,3 +186,16 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert result.returncode == 1
     assert "missing.pth is not a file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_tokenizer_fails_before_writing_weights(tmp_path):
+    import shutil
+
+    llama = tmp_path / "llama"
+    shutil.copytree(REFERENCE_DIR / "llama", llama)
+    (llama / "tokenizer.model").unlink()
+    files = release_files()
+    files.llama = llama
+    with pytest.raises(FileNotFoundError, match=r"--llama: .* has no tokenizer\.model"):
+        convert_release(files, tmp_path / "out", dtype="float32", config=reference_config(), progress=False)
+    assert not (tmp_path / "out").exists()

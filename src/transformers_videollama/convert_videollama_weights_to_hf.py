@@ -431,6 +431,8 @@ def convert_release(
 
     # 1. open every source lazily and plan the mapping on names and shapes
     llama = _LlamaFolder(Path(files.llama))
+    if save_processor and not (Path(files.llama) / "tokenizer.model").is_file():  # fail before hours of streaming
+        raise FileNotFoundError(f"--llama: {files.llama} has no tokenizer.model (needed for the tokenizer)")
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     for label in ("eva_vit", "blip2", "imagebind", "vl_checkpoint", "al_checkpoint"):
         path = getattr(files, label)
