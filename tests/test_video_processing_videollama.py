@@ -91,6 +91,11 @@ def test_frame_arrays_and_tensors(processor):
     np.testing.assert_array_equal(tchw.frames, thwc.frames)
     already_sized = rng.integers(0, 256, size=(2, 224, 224, 3), dtype=np.uint8)
     np.testing.assert_array_equal(processor.load(already_sized).frames, already_sized)
+    # one FFmpeg scale graph serves all frames of an array; it must give what a fresh graph per frame gives
+    from transformers_videollama.media_io_videollama import resize_rgb_frames
+
+    one_by_one = np.concatenate([resize_rgb_frames(frames[i : i + 1], 224, 224) for i in (0, 1, 2, 3, 5, 6, 7, 8)])
+    np.testing.assert_array_equal(thwc.frames, one_by_one)
 
 
 @pytest.mark.parametrize(

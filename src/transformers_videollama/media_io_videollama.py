@@ -292,6 +292,16 @@ class _Resizer:
         self._graph = graph
 
 
+def resize_rgb_frames(frames: np.ndarray, width: int, height: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize uint8 RGB frames `(T, H, W, 3)` with the same FFmpeg `scale` graph as decoded video (one graph for all)."""
+    if frames.shape[1] == height and frames.shape[2] == width:
+        return np.ascontiguousarray(frames)
+    resizer = _Resizer(width, height, interpolation)
+    return np.stack(
+        [resizer(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")) for frame in frames]
+    )
+
+
 def read_video_frames(
     source: MediaSource,
     indices: Sequence[int] | None = None,

@@ -42,6 +42,7 @@ from .media_io_videollama import (
     describe_source,
     probe_video,
     read_video_frames,
+    resize_rgb_frames,
     single_torch_thread,
     uniform_frame_indices,
 )
@@ -281,7 +282,8 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
         if fps is not None:
             raise ValueError("`fps` sampling needs a frame rate; it is not available for a raw frame array.")
         indices = uniform_frame_indices(total, num_frames or total)
-        frames = np.stack([self._resize_frame(array[i]) for i in indices])
+        height, width = self.size["height"], self.size["width"]
+        frames = resize_rgb_frames(array[indices], width, height, self.video_interpolation)
         metadata = VideoMetadata(
             total_num_frames=total, fps=None, width=array.shape[2], height=array.shape[1], frames_indices=indices
         )
@@ -319,24 +321,6 @@ class VideoLlamaVideoProcessor(VideoProcessorMixin):
             clip, size=(self.size["height"], self.size["width"]), mode="bicubic", align_corners=False
         )
         return out.clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-    def _resize_frame(self, frame: np.ndarray) -> np.ndarray:
-        """Resize one RGB frame with FFmpeg's scale filter (the same swscale bilinear as the file path)."""
-        height, width = self.size["height"], self.size["width"]
-        if frame.shape[0] == height and frame.shape[1] == width:
-            return np.ascontiguousarray(frame)
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        graph = av.filter.Graph()
-        src = graph.add_buffer(width=frame.shape[1], height=frame.shape[0], format="rgb24", time_base=1)
-        scale = graph.add("scale", f"{width}:{height}:flags={self.video_interpolation}")
-        fmt = graph.add("format", "rgb24")
-        sink = graph.add("buffersink")
-        src.link_to(scale)
-        scale.link_to(fmt)
-        fmt.link_to(sink)
-        graph.configure()
-        graph.vpush(video_frame)
-        return graph.vpull().to_ndarray()
 
     # ------------------------------------------------------------------------------------------------------------
     # Preprocessing
