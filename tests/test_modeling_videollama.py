@@ -214,3 +214,12 @@ def test_device_map_with_disk_offload_matches(tmp_path, model):
     inputs = {"input_ids": torch.tensor([_ids([1, 5], "video", [7])]), "pixel_values_videos": _video()}
     with torch.no_grad():
         torch.testing.assert_close(offloaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_fresh_query_tokens_are_initialised():
+    """Blip2's post_init runs before the queries exist; a fresh model must still draw them (all-zero queries make
+    a Q-Former's first LayerNorm degenerate and its gradients explode)."""
+    model = VideoLlamaForConditionalGeneration(tiny_config())
+    for name in ("qformer", "video_qformer", "audio_qformer"):
+        std = getattr(model.model, name).query_tokens.std().item()
+        assert 0.01 < std < 0.03, (name, std)  # normal(0, initializer_range=0.02)

@@ -155,11 +155,6 @@ class VideoLlamaPreTrainedModel(PreTrainedModel):
         self._require_grads_hooks = [hook]
         self._require_grads_hook = hook
 
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        if isinstance(module, VideoLlamaQFormerModel):
-            init.normal_(module.query_tokens, mean=0.0, std=module.config.initializer_range)
-
 
 class VideoLlamaModel(VideoLlamaPreTrainedModel):
     """Video-LLaMA without the language-modelling head: encoders, Q-Formers, projections and the LLM backbone."""
