@@ -223,3 +223,18 @@ def test_fresh_query_tokens_are_initialised():
     for name in ("qformer", "video_qformer", "audio_qformer"):
         std = getattr(model.model, name).query_tokens.std().item()
         assert 0.01 < std < 0.03, (name, std)  # normal(0, initializer_range=0.02)
+
+
+def test_input_errors_name_the_argument(model):
+    with pytest.raises(ValueError, match=r"input_values must have shape .* got \(8, 1, 128, 204\)"):
+        model.get_audio_features(torch.zeros(8, 1, 128, 204))
+    with pytest.raises(ValueError, match="9 audio clips .* max_audio_clips=8"):
+        model.get_audio_features(_audio(clips=9))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(input_ids=torch.tensor([[1, 2]]), inputs_embeds=torch.zeros(1, 2, 32))
+    with pytest.raises(ValueError, match="Multimodal inputs need input_ids"):
+        model(inputs_embeds=torch.zeros(1, 2, 32), pixel_values_videos=_video())
+    with pytest.raises(ValueError, match="input_values .* or imagebind_pixel_values .* not both"):
+        model(input_ids=torch.tensor([_ids([1], "audio")]), input_values=_audio(), imagebind_pixel_values=_video())
+    with pytest.raises(ValueError, match="no ImageBind vision trunk"):
+        model.model.get_audio_features_from_images(_video())
