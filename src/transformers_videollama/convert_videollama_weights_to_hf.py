@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -45,6 +46,7 @@ except ImportError:  # pragma: no cover
     tqdm = None
 
 from .configuration_videollama import VideoLlamaConfig
+from .processing_videollama import build_videollama_tokenizer
 
 
 logger = logging.getLogger("transformers_videollama.convert")
@@ -495,11 +497,17 @@ def convert_release(
 
     # 4. config, generation config, tokenizer + processor
     fmt = _resolve_chat_format(chat_format, config)
+    tokenizer = build_videollama_tokenizer(Path(files.llama)) if save_processor or fmt == "vicuna" else None
+    if save_processor:
+        # The tokenizer decides the placeholder ids (vocab_size, vocab_size + 1); keep the config in sync.
+        config.video_token_index, config.audio_token_index = tokenizer.convert_tokens_to_ids(
+            ["<ImageHere>", "<AudioHere>"]
+        )
     config.architectures = ["VideoLlamaForConditionalGeneration"]
     config.save_pretrained(output_dir)
-    _generation_config(Path(files.llama), fmt).save_pretrained(output_dir)
+    _generation_config(Path(files.llama), fmt, tokenizer).save_pretrained(output_dir)
     if save_processor:
-        _save_processor(Path(files.llama), config, fmt, output_dir)
+        _save_processor(tokenizer, config, fmt, output_dir)
     logger.info(
         "Converted %d tensors (%d skipped by named rules) into %s (%s, %d shard(s))",
         len(names),
@@ -543,7 +551,7 @@ def _resolve_chat_format(chat_format: str, config: VideoLlamaConfig) -> str:
     return chat_format
 
 
-def _generation_config(llama_dir: Path, chat_format: str) -> GenerationConfig:
+def _generation_config(llama_dir: Path, chat_format: str, tokenizer: Any = None) -> GenerationConfig:
     """The LLM's generation config plus the original demo's stop rule (Vicuna: `###`, LLaMA-2: `</s>`).
 
     The Vicuna rule is stored as extra end-of-sequence ids (the single-token spellings of `###` in this vocabulary)
@@ -551,8 +559,6 @@ def _generation_config(llama_dir: Path, chat_format: str) -> GenerationConfig:
     tokenizer argument. (The original also stopped on the two-token spelling `##` + `#`; pass
     `stop_strings=["###"], tokenizer=...` to `generate` to get that too.)
     """
-    from .processing_videollama import build_videollama_tokenizer
-
     try:
         generation_config = GenerationConfig.from_pretrained(llama_dir, local_files_only=True)
     except OSError:
@@ -560,7 +566,7 @@ def _generation_config(llama_dir: Path, chat_format: str) -> GenerationConfig:
     if generation_config.pad_token_id is None:
         generation_config.pad_token_id = 0
     if chat_format == "vicuna":
-        vocab = build_videollama_tokenizer(llama_dir).get_vocab()
+        vocab = tokenizer.get_vocab()
         eos = generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         generation_config.eos_token_id = eos + [vocab[p] for p in ("###", "\u2581###") if p in vocab]
@@ -568,17 +574,11 @@ def _generation_config(llama_dir: Path, chat_format: str) -> GenerationConfig:
     return generation_config
 
 
-def _save_processor(llama_dir: Path, config: VideoLlamaConfig, chat_format: str, output_dir: Path) -> None:
+def _save_processor(tokenizer: Any, config: VideoLlamaConfig, chat_format: str, output_dir: Path) -> None:
     from .feature_extraction_videollama import VideoLlamaFeatureExtractor
-    from .processing_videollama import VideoLlamaProcessor, build_videollama_tokenizer
+    from .processing_videollama import VideoLlamaProcessor
     from .video_processing_videollama import VideoLlamaVideoProcessor
 
-    tokenizer = build_videollama_tokenizer(llama_dir)
-    ids = tokenizer.convert_tokens_to_ids(["<ImageHere>", "<AudioHere>"])
-    if ids != [config.video_token_index, config.audio_token_index]:
-        # The tokenizer decides the placeholder ids (vocab_size, vocab_size + 1); keep the config in sync.
-        config.video_token_index, config.audio_token_index = ids
-        config.save_pretrained(output_dir)
     size = config.vision_config.image_size
     processor = VideoLlamaProcessor(
         video_processor=VideoLlamaVideoProcessor(size={"height": size, "width": size}),
