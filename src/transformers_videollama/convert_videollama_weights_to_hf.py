@@ -566,7 +566,7 @@ def _generation_config(llama_dir: Path, chat_format: str, tokenizer: Any = None)
     if generation_config.pad_token_id is None:
         generation_config.pad_token_id = 0
     if chat_format == "vicuna":
-        vocab = tokenizer.get_vocab()
+        vocab = (tokenizer or build_videollama_tokenizer(llama_dir)).get_vocab()
         eos = generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         generation_config.eos_token_id = eos + [vocab[p] for p in ("###", "\u2581###") if p in vocab]
