@@ -82,6 +82,13 @@ class DataArguments:
         default=True, metadata={"help": "Random resized crop (and the preset's frame sampling) on training media."}
     )
     timestamps: bool = field(default=True, metadata={"help": "Timestamp sentence after each video, as the original."})
+    prompt_format: str = field(
+        default="training",
+        metadata={
+            "help": "training (the original's training text) | chat_template (the processor's inference prompt, "
+            "for models trained from scratch)."
+        },
+    )
 
 
 @dataclass
@@ -219,6 +226,7 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
         max_length=data_args.max_length or data_cfg.get("max_length", 512),
         max_caption_tokens=data_args.max_caption_tokens or data_cfg.get("max_caption_tokens", 32),
         num_frames=data_args.num_frames,
+        prompt_format=data_args.prompt_format,
     )
 
     # 4. train

@@ -37,7 +37,7 @@ from .modeling_videollama import (
     VideoLlamaPreTrainedModel,
 )
 from .pipeline_videollama import VideoLlamaChat, VideoTextToTextPipeline
-from .processing_videollama import VideoLlamaProcessor, build_videollama_tokenizer
+from .processing_videollama import VideoLlamaProcessor, build_videollama_tokenizer, train_videollama_tokenizer
 from .training_videollama import (
     VideoLlamaTrainer,
     available_training_presets,
@@ -98,6 +98,7 @@ __all__ = [
     "available_presets",
     "available_training_presets",
     "build_videollama_tokenizer",
+    "train_videollama_tokenizer",
     "caption_prompts",
     "convert_release",
     "freeze_for_training",

@@ -249,6 +249,12 @@ class VideoLlamaDataCollator:
             through media placeholders raises.
         max_caption_tokens (`int`, defaults to 32): caption + end_sym truncation (the original's `max_txt_len`).
         num_frames (`int`, *optional*): frames per video (default: the video processor's, 8).
+        prompt_format (`str`, defaults to `"training"`): `"training"` renders instruction records in the original's
+            *training* text (above). `"chat_template"` renders them with the processor's chat template, exactly as
+            `apply_chat_template` renders a request at inference (the demo prompt: system message, timestamps, the
+            audio-visual sentence), and supervises each answer with the separator that ends it. Use it when the
+            model should see at training time the prompt it will be asked with (a model trained from scratch, a
+            deployment that always uses the chat template). Media go in front of the first question.
     """
 
     processor: Any
@@ -263,8 +269,13 @@ class VideoLlamaDataCollator:
     max_length: int = 512
     max_caption_tokens: int = 32
     num_frames: int | None = None
+    prompt_format: str = "training"
 
     def __post_init__(self) -> None:
+        if self.prompt_format not in ("training", "chat_template"):
+            raise ValueError(f"prompt_format must be 'training' or 'chat_template', got {self.prompt_format!r}.")
+        if self.prompt_format == "chat_template" and self.label_masking != "answers":
+            raise ValueError("prompt_format='chat_template' supports label_masking='answers' only.")
         if self.chat_format not in TRAINING_FORMATS:
             raise ValueError(f"chat_format must be one of {sorted(TRAINING_FORMATS)}, got {self.chat_format!r}.")
         if self.label_masking not in ("answers", "original"):
@@ -296,8 +307,15 @@ class VideoLlamaDataCollator:
     def encode(self, example: dict[str, Any]) -> EncodedExample:
         """Render, tokenise and label one record (decoding its media, which the text needs for timestamps)."""
         try:
+            if example.get("conversations") and self.prompt_format == "chat_template":
+                return self._encode_chat_template(example)
             if example.get("conversations"):
                 return self._encode_conversation(example)
+            if example.get("caption") is not None and self.prompt_format == "chat_template":
+                raise ValueError(
+                    "prompt_format='chat_template' trains on conversations; write the caption as the answer to a "
+                    "question (e.g. 'Describe the video.')"
+                )
             if example.get("caption") is not None:
                 return self._encode_caption(example)
         except (ValueError, OSError) as error:
@@ -424,6 +442,85 @@ class VideoLlamaDataCollator:
             labels = [IGNORE_INDEX if i in (self.video_id, self.audio_id) else lab for i, lab in zip(ids, labels)]
             attention = [1] * len(ids)
         return EncodedExample(ids, labels, attention, videos, audios, text)
+
+    def _encode_chat_template(self, example: dict[str, Any]) -> EncodedExample:
+        """Render with the processor's chat template (as inference does); supervise answers + their separator."""
+        turns = _turns(example["conversations"])
+        for _, text in turns:
+            for tag in ("<image>", "<video>"):
+                if tag in text:
+                    raise ValueError(
+                        f"prompt_format='chat_template' puts the media before the first question; remove {tag}"
+                    )
+        source = example.get("media") or example.get("video") or example.get("image")
+        if source and isinstance(source, str) and not os.path.isfile(source):
+            raise FileNotFoundError(f"media file {source!r} does not exist")
+        audio = self._audio_source(example)
+        messages: list[dict[str, Any]] = []
+        for i, (role, text) in enumerate(turns):
+            if role == "assistant":
+                messages.append({"role": "assistant", "content": text})
+                continue
+            content: list[dict[str, Any]] = []
+            if i == 0 and source:
+                content.append({"type": "video", "path": source})
+                if audio is not None:
+                    content.append({"type": "audio"} if audio == source else {"type": "audio", "path": audio})
+            elif i == 0 and audio is not None:
+                content.append({"type": "audio", "path": audio})
+            content.append({"type": "text", "text": text})
+            messages.append({"role": "user", "content": content})
+        if self.system is not None:
+            messages.insert(0, {"role": "system", "content": self.system})
+        processor = self.processor
+        # decode once (an unusable audio track is an error here: the record asked for it)
+        messages = processor._prepare_conversation(messages, False, "error", self.num_frames, None)
+        counts = {VIDEO_TOKEN: processor.num_video_query_tokens, AUDIO_TOKEN: processor.num_audio_query_tokens}
+
+        def render(upto: int, generation_prompt: bool) -> str:
+            text = processor.apply_chat_template(
+                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
+            )
+            for token, count in counts.items():
+                text = text.replace(token, token * count)
+            return text
+
+        spans = []
+        for index, message in enumerate(messages):
+            if message["role"] == "assistant":
+                start = len(render(index, True))
+                spans.append((start, len(render(index + 1, False))))
+        text = render(len(messages), False)
+        bos = self.tokenizer.bos_token
+        encoding = self.tokenizer(
+            text,
+            add_special_tokens=not (bos and text.startswith(bos)),
+            truncation=True,
+            max_length=self.max_length,
+            return_offsets_mapping=True,
+        )
+        ids = list(encoding.input_ids)
+        videos = [
+            b[b["type"]]
+            for m in messages
+            if isinstance(m["content"], list)
+            for b in m["content"]
+            if b.get("type") in ("video", "image")
+        ]
+        audios = [
+            b["audio"]
+            for m in messages
+            if isinstance(m["content"], list)
+            for b in m["content"]
+            if b.get("type") == "audio"
+        ]
+        self._check_placeholders(ids, len(videos), len(audios))
+        labels = [
+            i if any(s < end and e > start for start, end in spans) and e > s else IGNORE_INDEX
+            for i, (s, e) in zip(ids, encoding.offset_mapping)
+        ]
+        labels = [IGNORE_INDEX if i in (self.video_id, self.audio_id) else lab for i, lab in zip(ids, labels)]
+        return EncodedExample(ids, labels, [1] * len(ids), videos, audios, text)
 
     def _check_placeholders(self, ids: Sequence[int], num_visual: int, num_audio: int) -> None:
         token, count = self._placeholders()

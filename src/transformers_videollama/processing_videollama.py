@@ -23,8 +23,10 @@ raises instead.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
@@ -48,6 +50,7 @@ __all__ = [
     "VideoLlamaProcessor",
     "build_videollama_tokenizer",
     "load_chat_template",
+    "train_videollama_tokenizer",
 ]
 
 VIDEO_TOKEN = "<ImageHere>"
@@ -131,6 +134,74 @@ def build_videollama_tokenizer(llama_path: str | os.PathLike) -> PreTrainedToken
     if got != expected:
         raise ValueError(f"Placeholder tokens got ids {got}, expected {expected} (the tokenizer has extra tokens?).")
     _check_against_sentencepiece(tokenizer, sp, (unk, bos, eos))
+    return tokenizer
+
+
+def train_videollama_tokenizer(texts: Iterable[str], vocab_size: int = 1000, min_frequency: int = 2) -> Any:
+    """Train a small BPE tokenizer on `texts` with the LLaMA tokenizer's conventions, for models trained from scratch.
+
+    Conventions kept from LLaMA (so everything downstream treats it like a converted LLaMA tokenizer): `<unk>` = 0,
+    `<s>` = 1 (added in front of every sequence), `</s>` = 2, 256 byte-fallback tokens `<0x00>`..`<0xFF>` (no text is
+    ever unknown), the legacy "▁" dummy prefix on every piece of text between special tokens, `pad_token = unk`, and
+    `<ImageHere>` / `<AudioHere>` at ids `vocab_size` and `vocab_size + 1`. One difference: punctuation and digits
+    are pieces of their own, so a turn separator such as `###` can never merge with the word before it (a stop id
+    is then a single token).
+
+    Args:
+        texts: training text (e.g. the rendered prompts and answers of a dataset).
+        vocab_size: size including the 259 special/byte tokens (the placeholders come on top).
+        min_frequency: minimum count for a merge.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers.models import BPE
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    specials = ["<unk>", "<s>", "</s>"]
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    if vocab_size <= len(specials) + len(byte_tokens):
+        raise ValueError(f"vocab_size must exceed the {len(specials) + len(byte_tokens)} special and byte tokens")
+    normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            # a word with its "▁" prefix; a run of spaces stays one piece (minus the "▁" of the word after it)
+            pre_tokenizers.Split(Regex("▁+(?=▁)|▁?[^▁]+"), behavior="isolated"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    scratch = Tokenizer(BPE(unk_token="<unk>"))
+    scratch.normalizer, scratch.pre_tokenizer = normalizer, pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(specials) - len(byte_tokens),
+        min_frequency=min_frequency,
+        special_tokens=[],
+        show_progress=False,
+    )
+    scratch.train_from_iterator(texts, trainer)
+    learned = json.loads(scratch.to_str())["model"]
+    vocab = {token: index for index, token in enumerate(specials + byte_tokens)}
+    for token, _ in sorted(learned["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(token, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    )
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+    )
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    tokenizer = TokenizersBackend(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<unk>",
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(1e30),
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, AUDIO_TOKEN]})
     return tokenizer
 
 
@@ -380,7 +451,9 @@ class VideoLlamaProcessor(ProcessorMixin):
                     kind = block.get("type")
                     following = content[index + 1] if index + 1 < len(content) else None
                     pairs_audio = (
-                        isinstance(following, dict) and following.get("type") == "audio" and not _source_of(following)
+                        isinstance(following, dict)
+                        and following.get("type") == "audio"
+                        and _source_of(following) is None
                     )
                     if kind in ("video", "image"):
                         source = _source_of(block)

@@ -1,0 +1,107 @@
+"""The synthetic audio-visual world: deterministic, real mp4 files, held-out combinations really held out."""
+
+import json
+
+import av
+import numpy as np
+import pytest
+
+import transformers_videollama as tv
+from transformers_videollama import world_videollama as world
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    world.generate_split(out, "train", 12, seed=3)
+    return out
+
+
+def test_scenes_are_deterministic_and_splits_disjoint():
+    first = [s.id + repr(s.objects) + str(s.sound) for s in world.iter_scenes("train", 50, 7)]
+    again = [s.id + repr(s.objects) + str(s.sound) for s in world.iter_scenes("train", 50, 7)]
+    assert first == again
+    train = list(world.iter_scenes("train", 400, 0))
+    heldout = list(world.iter_scenes("heldout", 200, 0))
+    assert not any(world.is_heldout(s) for s in train)
+    assert all(world.is_heldout(s) for s in heldout)
+    pairs = {(o.colour, o.shape) for s in train for o in s.objects}
+    assert not pairs & world.HELDOUT_COLOUR_SHAPE
+    assert {o.colour for s in train for o in s.objects} == set(world.COLOURS)
+    assert {o.shape for s in train for o in s.objects} == set(world.SHAPES)
+    assert {o.motion for s in train for o in s.objects} == set(world.MOTIONS)
+    # both splits have one- and two-object scenes, every sound, and videos without an audio track
+    for scenes in (train, heldout):
+        assert {len(s.objects) for s in scenes} == {1, 2}
+        assert {s.sound for s in scenes} == {*world.SOUNDS, None}
+    # the held-out split also varies the formats beyond training
+    assert {(s.width, s.height) for s in heldout} - {(s.width, s.height) for s in train}
+    assert {s.fps for s in heldout} - {s.fps for s in train}
+    assert max(s.duration for s in heldout) > max(s.duration for s in train)
+
+
+def test_written_files_are_real_h264_aac(split):
+    scenes = [json.loads(line) for line in (split / "scenes.jsonl").read_text().splitlines()]
+    assert len(scenes) == 12
+    for scene in scenes:
+        with av.open(str(split / "videos" / f"{scene['id']}.mp4")) as container:
+            video = container.streams.video[0]
+            assert video.codec_context.name == "h264"
+            assert (video.codec_context.width, video.codec_context.height) == (scene["width"], scene["height"])
+            frames = sum(1 for _ in container.decode(video=0))
+            assert frames == round(scene["fps"] * scene["duration"])
+            if scene["sound"] is None:
+                assert not container.streams.audio
+            else:
+                assert container.streams.audio[0].codec_context.name == "aac"
+                assert container.streams.audio[0].sample_rate == scene["sample_rate"]
+
+
+def test_pixels_and_sound_carry_the_labels(split):
+    """What the processor decodes shows the object where the scene says, and the sound has the right pitch."""
+    scene = next(
+        s for s in world.iter_scenes("train", 100, 11) if len(s.objects) == 1 and s.objects[0].motion == "right"
+    )
+    path = world.write_video(scene, split / "right.mp4")
+    decoded = tv.VideoLlamaVideoProcessor(size={"height": 64, "width": 64}).load(str(path))
+    colour = np.array(world.COLOURS[scene.objects[0].colour], np.float32)
+    centres = []
+    for frame in decoded.frames:
+        mask = np.abs(frame.astype(np.float32) - colour).sum(-1) < 60
+        centres.append(np.nonzero(mask)[1].mean())
+    assert all(b > a for a, b in zip(centres, centres[1:])), centres  # moves right, frame after frame
+    tone = world.Scene(objects=[], sound="high tone", sample_rate=16000, duration=1.0, pitch=1.0)
+    spectrum = np.abs(np.fft.rfft(world.render_audio(tone)))
+    assert abs(np.argmax(spectrum) * 16000 / len(tone.sound and world.render_audio(tone)) - 1800) < 5
+
+
+def test_questions_answers_and_normalisation():
+    scene = world.Scene(
+        objects=[
+            world.SceneObject("blue", "square", "left", (0.7, 0.5), 0.3),
+            world.SceneObject("red", "circle", "still", (0.3, 0.5), 0.3),
+        ],
+        sound=None,
+    )
+    qas = {qa["question"]: qa for qa in world.questions(scene)}
+    assert qas["What colour is the circle?"]["answer"] == "red"
+    assert qas["How is the square moving?"]["answer"] == "moving left"
+    assert qas["How many objects are there?"]["answer"] == "two"
+    assert qas["What do you hear?"] == {
+        "type": "no_sound",
+        "question": "What do you hear?",
+        "answer": "there is no sound",
+    }
+    assert world.caption(scene) == "a red circle not moving and a blue square moving left, and there is no sound."
+    assert world.normalize_answer("  Moving LEFT. ") == "moving left"
+
+
+def test_split_files_and_idempotent_rewrite(split):
+    lines = [json.loads(line) for line in (split / "qa.jsonl").read_text().splitlines()]
+    assert {"video", "question", "answer", "type", "audio"} <= set(lines[0])
+    assert {line["type"] for line in lines} >= {"colour", "shape", "motion", "count", "describe"}
+    assert all((split / line["video"]).is_file() for line in lines)
+    before = {p.name: p.stat().st_mtime_ns for p in (split / "videos").glob("*.mp4")}
+    world.generate_split(split, "train", 12, seed=3)
+    after = {p.name: p.stat().st_mtime_ns for p in (split / "videos").glob("*.mp4")}
+    assert before == after  # existing videos of the same scenes are not rewritten
