@@ -72,28 +72,42 @@ def test_pixels_and_sound_carry_the_labels(split):
     assert all(b > a for a, b in zip(centres, centres[1:])), centres  # moves right, frame after frame
     tone = world.Scene(objects=[], sound="high tone", sample_rate=16000, duration=1.0, pitch=1.0)
     spectrum = np.abs(np.fft.rfft(world.render_audio(tone)))
-    assert abs(np.argmax(spectrum) * 16000 / len(tone.sound and world.render_audio(tone)) - 1800) < 5
+    assert abs(np.argmax(spectrum) * 16000 / len(world.render_audio(tone)) - 1800) < 5
 
 
 def test_questions_answers_and_normalisation():
     scene = world.Scene(
         objects=[
-            world.SceneObject("blue", "square", "left", (0.7, 0.5), 0.3),
-            world.SceneObject("red", "circle", "still", (0.3, 0.5), 0.3),
+            world.SceneObject("blue", "square", "left", (0.72, 0.5), 0.3),
+            world.SceneObject("red", "circle", "still", (0.28, 0.5), 0.3),
         ],
         sound=None,
     )
     qas = {qa["question"]: qa for qa in world.questions(scene)}
-    assert qas["What colour is the circle?"]["answer"] == "red"
-    assert qas["How is the square moving?"]["answer"] == "moving left"
-    assert qas["How many objects are there?"]["answer"] == "two"
+    assert qas["What colour is the circle?"]["answer"] == "The colour of the circle is red."
+    assert qas["How is the square moving?"]["answer"] == "The square is moving left."
+    assert qas["What shapes do you see?"]["answer"] == "The shapes are a circle and a square."  # left to right
+    assert qas["How many objects are there?"]["answer"] == "There are two objects."
     assert qas["What do you hear?"] == {
         "type": "no_sound",
         "question": "What do you hear?",
-        "answer": "there is no sound",
+        "answer": "There is no sound.",
     }
-    assert world.caption(scene) == "a red circle not moving and a blue square moving left, and there is no sound."
-    assert world.normalize_answer("  Moving LEFT. ") == "moving left"
+    assert world.caption(scene) == "A red circle not moving and a blue square moving left. There is no sound."
+    single = world.Scene(objects=[world.SceneObject("green", "cross", "up", (0.5, 0.72), 0.4)], sound="beeping")
+    answers = {qa["type"]: qa["answer"] for qa in world.questions(single)}
+    assert answers == {
+        "colour": "The colour is green.",
+        "shape": "The shape is a cross.",
+        "motion": "It is moving up.",
+        "count": "There is one object.",
+        "sound": "The sound is beeping.",
+        "describe": "A green cross moving up. The sound is beeping.",
+    }
+    assert {qa["type"]: qa["answer"] for qa in world.questions(single, with_sound=False)}["no_sound"] == (
+        "There is no sound."
+    )
+    assert world.normalize_answer("  The colour is RED! ") == "the colour is red"
 
 
 def test_split_files_and_idempotent_rewrite(split):

@@ -362,6 +362,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         if args.command == "export":
             from transformers import AutoModelForImageTextToText, AutoProcessor  # the package registered them
 
+            if not (args.source / "config.json").is_file():
+                raise FileNotFoundError(f"{str(args.source)!r} is not a saved Video-LLaMA folder (no config.json)")
+
             model = AutoModelForImageTextToText.from_pretrained(args.source)
             processor = AutoProcessor.from_pretrained(args.source)
             export_for_hub(

@@ -57,6 +57,7 @@ __all__ = [
     "Scene",
     "SceneObject",
     "caption",
+    "sound_sentence",
     "generate_split",
     "is_heldout",
     "normalize_answer",
@@ -85,8 +86,7 @@ SOUND_TEXT = {
     "rising sweep": "a rising sweep",
     "falling sweep": "a falling sweep",
     "beeping": "beeping",
-    "silence": "there is no sound",
-    None: "there is no sound",
+    "silence": "silence",
 }
 # Pairs that never occur in the training split (each colour and shape, and each shape and motion, still occur).
 HELDOUT_COLOUR_SHAPE = {("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square")}
@@ -127,8 +127,8 @@ class Scene:
         return max(1, round(self.fps * self.duration))
 
     def sorted_objects(self) -> list[SceneObject]:
-        """Objects in the order captions name them (by shape, then colour): fixed, independent of position."""
-        return sorted(self.objects, key=lambda o: (SHAPES.index(o.shape), list(COLOURS).index(o.colour)))
+        """Objects in the order captions name them: from left to right (each object keeps to its own half)."""
+        return sorted(self.objects, key=lambda o: o.start[0])
 
 
 def is_heldout(scene: Scene) -> bool:
@@ -165,27 +165,25 @@ def sample_scene(rng: np.random.Generator, split: str = "train", index: int = 0)
         for shape in shapes:
             motion = str(rng.choice(MOTIONS))
             colour = str(rng.choice(list(COLOURS)))
-            objects.append(SceneObject(colour, str(shape), motion, (0.5, 0.5), float(rng.uniform(0.26, 0.34))))
+            objects.append(SceneObject(colour, str(shape), motion, (0.5, 0.5), float(rng.uniform(0.34, 0.42))))
         scene = Scene(objects=objects, sound=None)
         if (split == "heldout") == is_heldout(scene):
             break
-    for k, obj in enumerate(objects):  # start positions: each object keeps to its own half in two-object scenes
+    for k, obj in enumerate(objects):  # start positions: in two-object scenes each object keeps to its own half
         if count == 1:
-            lo, hi, travel = (0.25, 0.75), (0.3, 0.7), 0.45
+            (x_lo, x_hi), obj.travel = (0.25, 0.75), 0.45
         else:
-            lo, hi, travel = ((0.15, 0.35), (0.65, 0.85))[k], (0.3, 0.7), 0.2
-            obj.size = float(rng.uniform(0.2, 0.26))
-        obj.travel = travel
-        x = float(rng.uniform(*lo)) if count == 2 else float(rng.uniform(*hi))
-        y = float(rng.uniform(*hi))
+            (x_lo, x_hi), obj.travel = ((0.18, 0.38), (0.62, 0.82))[k], 0.2
+            obj.size = float(rng.uniform(0.26, 0.3))
+        x, y = float(rng.uniform(x_lo, x_hi)), float(rng.uniform(0.3, 0.7))
         if obj.motion == "left":
-            x = (lo[1] if count == 2 else 0.5) + travel / 2
+            x = (x_lo + x_hi) / 2 + obj.travel / 2
         elif obj.motion == "right":
-            x = (lo[0] if count == 2 else 0.5) - travel / 2
+            x = (x_lo + x_hi) / 2 - obj.travel / 2
         elif obj.motion == "up":
-            y = 0.5 + (0.45 if count == 2 else travel) / 2
+            y = 0.5 + 0.45 / 2
         elif obj.motion == "down":
-            y = 0.5 - (0.45 if count == 2 else travel) / 2
+            y = 0.5 - 0.45 / 2
         obj.start = (x, y)
     r = rng.random()
     sound = None if r < 0.12 else str(rng.choice(SOUNDS))
@@ -233,7 +231,7 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float
 
 def object_centre(obj: SceneObject, t: float) -> tuple[float, float]:
     """Centre (fractions of width / height) at time fraction `t` in [0, 1]."""
-    d = obj.travel if obj.motion in ("left", "right") else 0.45 if obj.travel < 0.45 else obj.travel
+    d = obj.travel if obj.motion in ("left", "right") else 0.45
     dx, dy = {"left": (-d, 0), "right": (d, 0), "up": (0, -d), "down": (0, d), "still": (0, 0)}[obj.motion]
     return obj.start[0] + dx * t, obj.start[1] + dy * t
 
@@ -354,17 +352,30 @@ def visual_text(scene: Scene) -> str:
     return " and ".join(describe_object(o) for o in scene.sorted_objects())
 
 
+def sound_sentence(scene: Scene, with_sound: bool = True) -> str:
+    """ "The sound is a high tone." / "There is no sound." (silence, no track, or asked without the sound)."""
+    if not with_sound or scene.sound in (None, "silence"):
+        return "There is no sound."
+    return f"The sound is {SOUND_TEXT[scene.sound]}."
+
+
 def caption(scene: Scene, with_sound: bool = True) -> str:
-    """The full description: what is seen, then what is heard."""
-    sound = SOUND_TEXT[scene.sound] if with_sound else SOUND_TEXT[None]
-    return f"{visual_text(scene)}, and {sound}."
+    """The full description: what is seen, then what is heard ("A red circle moving left. The sound is ...")."""
+    visual = visual_text(scene)
+    return f"{visual[0].upper()}{visual[1:]}. {sound_sentence(scene, with_sound)}"
 
 
 def questions(scene: Scene, rng: np.random.Generator | None = None, with_sound: bool = True) -> list[dict[str, str]]:
-    """Every question type the world asks about a scene, one phrasing each (random phrasing with `rng`)."""
+    """Every question type the world asks about a scene, one phrasing each (random phrasing with `rng`).
+
+    Answers are short sentences that name what they answer ("The colour is red."), as a chat model would reply.
+    """
 
     def pick(options: list[str]) -> str:
         return options[int(rng.integers(len(options)))] if rng is not None else options[0]
+
+    def moving(subject: str, obj: SceneObject) -> str:
+        return f"{subject} is {MOTION_TEXT[obj.motion]}."
 
     out = []
     objs = scene.sorted_objects()
@@ -374,14 +385,14 @@ def questions(scene: Scene, rng: np.random.Generator | None = None, with_sound: 
             {
                 "type": "colour",
                 "question": pick(["What colour is the object?", "What color is the object?", "Which colour is it?"]),
-                "answer": obj.colour,
+                "answer": f"The colour is {obj.colour}.",
             }
         )
         out.append(
             {
                 "type": "shape",
                 "question": pick(["What shape is the object?", "What shape do you see?", "Which shape is it?"]),
-                "answer": obj.shape,
+                "answer": f"The shape is a {obj.shape}.",
             }
         )
         out.append(
@@ -390,26 +401,38 @@ def questions(scene: Scene, rng: np.random.Generator | None = None, with_sound: 
                 "question": pick(
                     ["How is the object moving?", "Which way does the object move?", "Where is it going?"]
                 ),
-                "answer": MOTION_TEXT[obj.motion],
+                "answer": moving("It", obj),
             }
         )
     else:
         for obj in objs:
-            out.append({"type": "colour", "question": f"What colour is the {obj.shape}?", "answer": obj.colour})
             out.append(
-                {"type": "motion", "question": f"How is the {obj.shape} moving?", "answer": MOTION_TEXT[obj.motion]}
+                {
+                    "type": "colour",
+                    "question": f"What colour is the {obj.shape}?",
+                    "answer": f"The colour of the {obj.shape} is {obj.colour}.",
+                }
+            )
+            out.append(
+                {
+                    "type": "motion",
+                    "question": f"How is the {obj.shape} moving?",
+                    "answer": moving(f"The {obj.shape}", obj),
+                }
             )
         a, b = objs
-        if a.colour != b.colour:
-            target = objs[int(rng.integers(2))] if rng is not None else a
-            out.append(
-                {"type": "shape", "question": f"What shape is the {target.colour} object?", "answer": target.shape}
-            )
+        out.append(
+            {
+                "type": "shape",
+                "question": pick(["What shapes do you see?", "Which shapes are there?"]),
+                "answer": f"The shapes are a {a.shape} and a {b.shape}.",
+            }
+        )
     out.append(
         {
             "type": "count",
             "question": pick(["How many objects are there?", "How many shapes do you see?"]),
-            "answer": NUMBERS[len(objs)],
+            "answer": "There is one object." if len(objs) == 1 else "There are two objects.",
         }
     )
     sound_type = "sound" if (with_sound and scene.sound is not None) else "no_sound"
@@ -417,7 +440,7 @@ def questions(scene: Scene, rng: np.random.Generator | None = None, with_sound: 
         {
             "type": sound_type,
             "question": pick(["What do you hear?", "What sound does the video make?", "What is the sound?"]),
-            "answer": SOUND_TEXT[scene.sound] if with_sound else SOUND_TEXT[None],
+            "answer": sound_sentence(scene, with_sound),
         }
     )
     out.append(

@@ -1,0 +1,656 @@
+"""Train the bundled small Video-LLaMA ("videollama-world-small") on the synthetic audio-visual world, on a CPU.
+
+    python examples/world/train_world_model.py --output runs/world \\
+        --bundle src/transformers_videollama/bundled/videollama-world-small      # the full recipe
+    python examples/world/train_world_model.py --output runs/smoke --smoke      # CI's smoke version
+
+No pretrained weights can be downloaded where this package is built, so the recipe first trains, on this world, a
+stand-in for each pretrained part Video-LLaMA starts from, then runs the paper's two stages with the package's own
+training entry point (`examples/train_videollama.py`) and the paper's freezing policy:
+
+ 1. world        training videos (mp4, H.264 + AAC) and a held-out split  (`transformers_videollama.world_videollama`)
+ 2. tokenizer    BPE on the world's text with LLaMA's conventions          (`train_videollama_tokenizer`)
+ 3. stand-ins, each trained on its own:
+      LLaMA          a small causal LM on world conversations in which the media are *written out as text*
+                     ("<Video>a red circle moving left</Video>"): it learns the language and to answer from what the
+                     prompt says the video shows, as a pretrained LLM already can
+      EVA-CLIP + BLIP-2 Q-Former   the frame encoder: ViT + Q-Former queries trained to tell each frame's objects
+                     (colour, shape, position), as BLIP-2's queries summarise an image
+      ImageBind audio  the audio trunk: 2-second log-mel clips -> sound class
+ 4. assemble     `VideoLlamaForConditionalGeneration` from the stand-ins + fresh video/audio Q-Formers, frame/clip
+                 position embeddings and projections; processor with the Vicuna demo template
+ 5. stage 1      "Describe the video." -> caption, on the training videos with their sound
+ 6. stage 2      questions about colour, shape, motion, sound and count (multi-turn), some asked without the sound
+                 In both stages only the video/audio Q-Formers, position embeddings and projections train; the frame
+                 encoder, audio trunk and LLM stay frozen (Video-LLaMA's policy). Both stages train on the exact prompt
+                 the processor renders at inference (`--prompt_format chat_template`).
+ 7. evaluate     greedy exact match per question type on the held-out split (colour-shape and shape-motion pairs
+                 never seen in training, other resolutions / frame rates / durations / audio formats)
+ 8. bundle       a self-contained remote-code folder (`export_for_hub`), float16 weights, with the recipe's metrics
+
+Sizes and budgets are data: `examples/world/recipe.json` ("smoke" holds the CI overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import multiprocessing
+import random
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers.video_utils import VideoMetadata
+
+import transformers_videollama as tv
+from transformers_videollama import world_videollama as world
+from transformers_videollama.hub_videollama import export_for_hub
+from transformers_videollama.video_processing_videollama import CLIP_MEAN, CLIP_STD, DecodedVideo
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+logger = logging.getLogger("train_world_model")
+SOUND_WORDS = {s: world.SOUND_TEXT[s] if s != "silence" else "silence" for s in world.SOUNDS}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.steps: dict[str, float] = {}
+        self._last = self.start
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = round(now - self._last, 1)
+        logger.info("[%s] done in %.1f s (total %.1f s)", name, now - self._last, now - self.start)
+        self._last = now
+
+
+# -- 1. text of the world -----------------------------------------------------------------------------------------
+
+
+def uniform_indices(total: int, count: int = 8) -> list[int]:
+    """The original's uniform frame rule (what the video processor samples)."""
+    count = min(count, total)
+    return [int(i * total / count) for i in range(count)]
+
+
+def conversation_text(
+    processor: tv.VideoLlamaProcessor, scene: world.Scene, qas: list[dict], with_audio: bool
+) -> tuple[str, list[tuple[int, int]]]:
+    """The inference prompt + answers for `qas`, rendered by the processor's chat template, with the media written
+    out as text (what the frames show inside <Video>...</Video>, what is heard in place of the audio placeholder).
+
+    Returns the text and the character spans of the answers (with their `###`).
+    """
+    metadata = VideoMetadata(
+        total_num_frames=scene.num_frames, fps=scene.fps, frames_indices=uniform_indices(scene.num_frames)
+    )
+    stub = DecodedVideo(np.zeros((len(metadata.frames_indices), 1, 1, 3), np.uint8), metadata, "video", scene.id)
+    content: list[dict] = [{"type": "video", "video": stub}]
+    if with_audio:
+        content.append({"type": "audio", "audio": np.zeros(16000, np.float32)})
+    messages: list[dict] = []
+    for k, qa in enumerate(qas):
+        messages.append(
+            {"role": "user", "content": (content if k == 0 else []) + [{"type": "text", "text": qa["question"]}]}
+        )
+        messages.append({"role": "assistant", "content": qa["answer"]})
+
+    def render(upto: int, generation_prompt: bool) -> str:
+        text = processor.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
+        text = text.replace(tv.processing_videollama.VIDEO_TOKEN, world.visual_text(scene))
+        return text.replace(tv.processing_videollama.AUDIO_TOKEN, SOUND_WORDS.get(scene.sound, "silence"))
+
+    spans = []
+    for index in range(1, len(messages), 2):
+        spans.append((len(render(index, True)), len(render(index + 1, False))))
+    return render(len(messages), False), spans
+
+
+def brief_text(scene: world.Scene, qas: list[dict], with_audio: bool) -> tuple[str, list[tuple[int, int]]]:
+    """A short document in the same turn format without the demo's long sentences: "<Video>...</Video> Sound: ...".
+
+    Many of these per step teach the small LM in-context lookup (which word of the prompt answers the question)
+    several times faster than the ~110-token demo prompts alone; the demo prompts teach the real format.
+    """
+    sound = f" Sound: {SOUND_WORDS.get(scene.sound, 'silence')}." if with_audio else ""
+    text, spans = f"<Video>{world.visual_text(scene)}</Video>{sound}###", []
+    for qa in qas:
+        text += f"Human: {qa['question']}###Assistant:"
+        spans.append((len(text), len(text) + len(qa["answer"]) + 4))
+        text += f" {qa['answer']}###"
+    return text, spans
+
+
+def sample_conversation(scene: world.Scene, rng: np.random.Generator, with_audio: bool, max_turns: int = 3) -> list:
+    qas = world.questions(scene, rng, with_sound=with_audio)
+    order = rng.permutation(len(qas))[: int(rng.integers(1, max_turns + 1))]
+    return [qas[i] for i in order]
+
+
+# -- 3a. the LLM stand-in ---------------------------------------------------------------------------------------------
+
+
+def train_language_model(
+    texts: list[tuple[str, list]], tokenizer, cfg: dict, model_cfg: dict, seed: int
+) -> LlamaForCausalLM:
+    """A small LLaMA trained on the world's conversations, with the media written out as text."""
+    torch.manual_seed(seed)
+    config = language_model_config(tokenizer, model_cfg)
+    torch.set_num_threads(1)  # a model this small runs as fast on one thread (the other core trains the encoders)
+    model = LlamaForCausalLM(config)
+    encoded = []
+    for text, spans in texts:  # supervise the answers (+ their "###"), as an instruction-tuned LLM (Vicuna) was
+        enc = tokenizer(text, return_offsets_mapping=True)
+        labels = [
+            i if any(s < end and e > start for start, end in spans) and e > s else -100
+            for i, (s, e) in zip(enc.input_ids, enc.offset_mapping)
+        ]
+        encoded.append((enc.input_ids, labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = _warmup_cosine(optimizer, cfg["steps"])
+    rng = random.Random(seed)
+    model.train()
+    for step in range(cfg["steps"]):
+        batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg["batch_size"])]
+        length = max(len(seq) for seq, _ in batch)
+        ids = torch.full((len(batch), length), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), length), -100)
+        mask = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, (seq, lab) in enumerate(batch):
+            ids[row, : len(seq)], labels[row, : len(seq)], mask[row, : len(seq)] = (
+                torch.tensor(seq),
+                torch.tensor(lab),
+                1,
+            )
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == cfg["steps"] - 1:
+            logger.info("  LM step %d/%d loss %.3f", step, cfg["steps"], loss.item())
+            if EVAL_HOOK is not None and step % 200 == 0:
+                model.eval()
+                logger.info("  LM eval %s", EVAL_HOOK(model))
+                model.train()
+    return model.eval()
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float = 0.05):
+    warm = max(1, int(steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# -- 3b. the frame encoder stand-in (EVA ViT + BLIP-2 Q-Former) ------------------------------------------------------
+
+EVAL_HOOK = None  # optional callable(model) -> dict, logged during LM training (used when tuning the recipe)
+
+
+def frame_dataset(scenes: list[world.Scene], count: int, size: int, rng: np.random.Generator):
+    """`count` single frames (normalised like the video processor) with per-object labels, objects in caption order.
+
+    Labels per object slot (2 slots): present, colour index, shape index (-100 when absent) and the centre (x, y) as
+    fractions of the frame (NaN when absent).
+    """
+    mean, std = np.array(CLIP_MEAN, np.float32), np.array(CLIP_STD, np.float32)
+    pixels = np.empty((count, 3, size, size), np.float32)
+    classes = np.full((count, 2, 3), -100, np.int64)
+    centres = np.full((count, 2, 2), np.nan, np.float32)
+    for i in range(count):
+        scene = scenes[int(rng.integers(len(scenes)))]
+        t = float(rng.random())
+        image = Image.fromarray(world.render_frame(scene, t)).resize((size, size), Image.BILINEAR)
+        pixels[i] = ((np.asarray(image, np.float32) / 255 - mean) / std).transpose(2, 0, 1)
+        classes[i, :, 0] = 0
+        for slot, obj in enumerate(scene.sorted_objects()):
+            classes[i, slot] = (1, list(world.COLOURS).index(obj.colour), world.SHAPES.index(obj.shape))
+            centres[i, slot] = world.object_centre(obj, t)
+    return torch.from_numpy(pixels), torch.from_numpy(classes), torch.from_numpy(centres)
+
+
+def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg: dict, seed: int) -> dict:
+    """ViT + BLIP-2 Q-Former on single frames; the queries learn to report the objects, 4 queries per object slot.
+
+    Query 4k reads out whether object k is there and its colour, 4k+1 its shape, 4k+2 / 4k+3 its x / y centre
+    (linear regression, so that differences across frames, i.e. motion, are linear for the video Q-Former). The
+    read-out heads are shared by the two slots and thrown away afterwards; only the encoder is kept.
+    """
+    torch.manual_seed(seed)
+    vision, qformer = model.model.vision_tower, model.model.qformer
+    if qformer.config.num_query_tokens < 8:
+        raise ValueError("the frame encoder stand-in needs at least 8 BLIP-2 queries (4 per object)")
+    hidden = qformer.config.hidden_size
+    heads = nn.ModuleDict(
+        {
+            "present": nn.Linear(hidden, 2),
+            "colour": nn.Linear(hidden, len(world.COLOURS)),
+            "shape": nn.Linear(hidden, len(world.SHAPES)),
+            "x": nn.Linear(hidden, 1),
+            "y": nn.Linear(hidden, 1),
+        }
+    )
+    params = list(vision.parameters()) + list(qformer.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=0.01)
+    schedule = _warmup_cosine(optimizer, cfg["steps"])
+    pixels, classes, centres = data
+    generator = torch.Generator().manual_seed(seed)
+    vision.train(), qformer.train()
+    metrics: dict = {}
+    for step in range(cfg["steps"]):
+        index = torch.randint(len(pixels), (cfg["batch_size"],), generator=generator)
+        queries = qformer(encoder_hidden_states=vision(pixel_values=pixels[index]).last_hidden_state).last_hidden_state
+        slots = queries[:, :8].reshape(len(index), 2, 4, hidden)  # (B, slot, role, H)
+        target, where = classes[index], centres[index]
+        logits = {
+            "present": heads["present"](slots[:, :, 0]),
+            "colour": heads["colour"](slots[:, :, 0]),
+            "shape": heads["shape"](slots[:, :, 1]),
+        }
+        loss = sum(
+            nn.functional.cross_entropy(logits[name].flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
+            for k, name in enumerate(("present", "colour", "shape"))
+        )
+        xy = torch.cat([heads["x"](slots[:, :, 2]), heads["y"](slots[:, :, 3])], dim=-1)  # (B, slot, 2)
+        known = ~torch.isnan(where)
+        loss = loss + 5 * nn.functional.mse_loss(xy[known], where[known])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == cfg["steps"] - 1:
+            with torch.no_grad():
+                for k, name in enumerate(("present", "colour", "shape")):
+                    valid = target[..., k] != -100
+                    hits = logits[name].argmax(-1)[valid] == target[..., k][valid]
+                    metrics[f"frame_{name}_accuracy"] = round(hits.float().mean().item(), 4)
+                metrics["frame_position_error"] = round((xy[known] - where[known]).abs().mean().item(), 4)
+            logger.info("  frame encoder step %d/%d loss %.3f %s", step, cfg["steps"], loss.item(), metrics)
+    vision.eval(), qformer.eval()
+    return metrics
+
+
+# -- 3c. the audio trunk stand-in (ImageBind audio) ---------------------------------------------------------------
+
+
+def audio_dataset(scenes: list[world.Scene], feature_extractor) -> tuple[torch.Tensor, torch.Tensor]:
+    values, labels = [], []
+    for scene in scenes:
+        wave = world.render_audio(scene)
+        features = feature_extractor(wave, sampling_rate=scene.sample_rate, return_tensors="pt")["input_values"][0]
+        values.append(features)  # (8, 1, 128, 204)
+        labels += [world.SOUNDS.index(scene.sound)] * features.shape[0]
+    return torch.cat(values), torch.tensor(labels)
+
+
+def train_audio_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg: dict, seed: int) -> dict:
+    torch.manual_seed(seed)
+    tower = model.model.audio_tower
+    head = nn.Linear(tower.config.projection_dim, len(world.SOUNDS))
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=0.01)
+    schedule = _warmup_cosine(optimizer, cfg["steps"])
+    values, labels = data
+    generator = torch.Generator().manual_seed(seed)
+    tower.train()
+    accuracy = 0.0
+    for step in range(cfg["steps"]):
+        index = torch.randint(len(values), (cfg["batch_size"],), generator=generator)
+        embeds = tower(input_values=values[index][:, None]).embeds[:, 0]  # (B, 1 clip, P) -> (B, P)
+        logits = head(embeds)
+        loss = nn.functional.cross_entropy(logits, labels[index])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == cfg["steps"] - 1:
+            accuracy = (logits.argmax(-1) == labels[index]).float().mean().item()
+            logger.info("  audio trunk step %d/%d loss %.3f accuracy %.3f", step, cfg["steps"], loss.item(), accuracy)
+    tower.eval()
+    return {"audio_clip_accuracy": round(accuracy, 4)}
+
+
+def language_model_config(tokenizer, model_cfg: dict) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer) - 2,  # the placeholders are not part of the LLM's vocabulary
+        hidden_size=model_cfg["hidden_size"],
+        intermediate_size=model_cfg["intermediate_size"],
+        num_hidden_layers=model_cfg["num_hidden_layers"],
+        num_attention_heads=model_cfg["num_attention_heads"],
+        num_key_value_heads=model_cfg["num_attention_heads"],
+        head_dim=model_cfg["hidden_size"] // model_cfg["num_attention_heads"],
+        max_position_embeddings=model_cfg["max_position_embeddings"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        # tied input/output embeddings make copying a word from the prompt easy to learn for a small LM; the
+        # assembled Video-LLaMA gets an untied copy (its lm_head is frozen anyway)
+        tie_word_embeddings=True,
+    )
+
+
+def _job_setup() -> float:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    return time.perf_counter()
+
+
+def _language_model_job(texts: list, processor_dir: str, cfg: dict, path: Path) -> float:
+    start = _job_setup()
+    tokenizer = tv.VideoLlamaProcessor.from_pretrained(processor_dir).tokenizer
+    lm = train_language_model(texts, tokenizer, cfg["lm"], cfg["model"]["text"], cfg["seed"])
+    save_file({k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}, str(path))  # tied
+    return round(time.perf_counter() - start, 1)
+
+
+def _encoders_job(config: dict, scenes: list[dict], cfg: dict, path: Path) -> tuple[dict, dict]:
+    start = _job_setup()
+    seed = cfg["seed"]
+    torch.manual_seed(seed)
+    model = tv.VideoLlamaForConditionalGeneration(tv.VideoLlamaConfig.from_dict(config))
+    rng = np.random.default_rng([seed, 3])
+    train_scenes = [world.Scene(**_scene_kwargs(s)) for s in scenes]
+    frames = frame_dataset(train_scenes, cfg["frame_encoder"]["frames"], cfg["model"]["image_size"], rng)
+    metrics = train_frame_encoder(model, frames, cfg["frame_encoder"], seed)
+    middle = time.perf_counter()
+    pool = [s for s in world.iter_scenes("train", cfg["audio_encoder"]["scenes"] * 2, seed + 2) if s.sound]
+    features = audio_dataset(pool[: cfg["audio_encoder"]["scenes"]], tv.VideoLlamaFeatureExtractor())
+    metrics.update(train_audio_encoder(model, features, cfg["audio_encoder"], seed))
+    keep = ("model.vision_tower.", "model.qformer.", "model.audio_tower.")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k.startswith(keep)}, str(path))
+    seconds = {"frame encoder": round(middle - start, 1), "audio trunk": round(time.perf_counter() - middle, 1)}
+    return metrics, seconds
+
+
+# -- 4. assembly --------------------------------------------------------------------------------------------------
+
+
+def build_config(model_cfg: dict, lm_config: LlamaConfig, vocab: int) -> tv.VideoLlamaConfig:
+    # initializer_range: Blip2VisionConfig defaults to 1e-10 (BLIP-2 loads pretrained weights); train from scratch
+    vision = dict(
+        model_cfg["vision"],
+        image_size=model_cfg["image_size"],
+        patch_size=model_cfg["patch_size"],
+        initializer_range=0.02,
+    )
+    # no dropout in the Q-Formers: a small model on a small world learns faster without it
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "cross_attention_frequency": 1}
+    qformer = dict(model_cfg["qformer"], encoder_hidden_size=vision["hidden_size"], **no_dropout)
+    video_qformer = dict(model_cfg["video_qformer"], encoder_hidden_size=qformer["hidden_size"], **no_dropout)
+    audio = dict(model_cfg["audio"])
+    audio_qformer = dict(model_cfg["audio_qformer"], encoder_hidden_size=audio["projection_dim"], **no_dropout)
+    return tv.VideoLlamaConfig(
+        vision_config=vision,
+        qformer_config=qformer,
+        video_qformer_config=video_qformer,
+        audio_config=audio,
+        audio_qformer_config=audio_qformer,
+        text_config=dict(lm_config.to_dict(), tie_word_embeddings=False),
+        video_token_index=vocab,
+        audio_token_index=vocab + 1,
+        max_frame_pos=32,
+        max_audio_clips=8,
+    )
+
+
+def build_processor(tokenizer, model_cfg: dict) -> tv.VideoLlamaProcessor:
+    size = model_cfg["image_size"]
+    return tv.VideoLlamaProcessor(
+        video_processor=tv.VideoLlamaVideoProcessor(size={"height": size, "width": size}),
+        feature_extractor=tv.VideoLlamaFeatureExtractor(),
+        tokenizer=tokenizer,
+        num_video_query_tokens=model_cfg["video_qformer"]["num_query_tokens"],
+        num_audio_query_tokens=model_cfg["audio_qformer"]["num_query_tokens"],
+        chat_template="vicuna",
+    )
+
+
+# -- 5/6. stage data ----------------------------------------------------------------------------------------------
+
+
+def stage_records(scenes: list[world.Scene], video_dir: Path, stage: int, rng: np.random.Generator) -> list[dict]:
+    records = []
+    for scene in scenes:
+        path = str(video_dir / f"{scene.id}.mp4")
+        has_track = scene.sound is not None
+        hear = has_track and rng.random() < 0.9  # some questions are asked without the sound (--no-audio)
+        if stage == 1:
+            turns = [{"question": "Describe the video.", "answer": world.caption(scene, with_sound=hear)}]
+        else:
+            qas = world.questions(scene, rng, with_sound=hear)
+            turns = [qas[i] for i in rng.permutation(len(qas))]
+        conversations = []
+        for qa in turns:
+            conversations += [{"from": "human", "value": qa["question"]}, {"from": "gpt", "value": qa["answer"]}]
+        records.append({"video": path, "audio": hear, "conversations": conversations})
+    return records
+
+
+def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int) -> dict:
+    import train_videollama  # examples/train_videollama.py: the package's training entry point
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "train.jsonl"
+    with open(data, "w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+    trainable = ["video_qformer", "video_position_embedding", "video_projection"]
+    trainable += ["audio_qformer", "audio_position_embedding", "audio_projection"]
+    argv = [
+        "--model_name_or_path", str(folder),
+        "--stage", "vision-stage2",
+        "--trainable_modules", *trainable,
+        "--train_data", f"jsonl:{data}",
+        "--prompt_format", "chat_template",
+        "--train_augmentation", "False",
+        "--max_length", "512",
+        "--output_dir", str(out),
+        "--per_device_train_batch_size", str(cfg["batch_size"]),
+        "--num_train_epochs", str(cfg["epochs"]),
+        "--learning_rate", str(cfg["learning_rate"]),
+        "--lr_scheduler_type", "cosine",
+        "--warmup_steps", "0.05",
+        "--weight_decay", "0.01",
+        "--logging_steps", "10",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--seed", str(seed),
+        "--dataloader_num_workers", "1",
+        "--use_cpu", "True",
+        "--disable_tqdm", "True",
+    ]  # fmt: skip
+    trainer = train_videollama.run(argv)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "first_loss": round(losses[0], 4) if losses else None,
+        "final_loss": round(losses[-1], 4) if losses else None,
+    }
+
+
+# -- main ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, type=Path, help="working folder (world, stand-ins, stages)")
+    parser.add_argument("--bundle", type=Path, help="also export the final model here (remote-code folder)")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget (CI): checks the recipe runs end to end")
+    parser.add_argument("--recipe", type=Path, default=HERE / "recipe.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers_videollama.processing_videollama", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    recipe = json.loads(args.recipe.read_text())
+    cfg = _merge({k: v for k, v in recipe.items() if k != "smoke"}, recipe["smoke"] if args.smoke else {})
+    seed = cfg["seed"]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    timer = Timer()
+    summary: dict = {"recipe": cfg, "smoke": args.smoke, "metrics": {}}
+
+    # 1. world
+    world.generate_split(out / "world" / "train", "train", cfg["world"]["train_videos"], seed)
+    world.generate_split(out / "world" / "heldout", "heldout", cfg["world"]["heldout_videos"], seed)
+    train_scenes = [
+        world.Scene(**_scene_kwargs(line)) for line in _read_jsonl(out / "world" / "train" / "scenes.jsonl")
+    ]
+    text_scenes = list(world.iter_scenes("train", cfg["world"]["lm_scenes"], seed + 1))
+    timer.lap("world")
+
+    # 2. tokenizer, trained on the world's text as the inference template renders it
+    bootstrap = build_processor(
+        tv.train_videollama_tokenizer(["bootstrap"], vocab_size=300, min_frequency=1), cfg["model"]
+    )
+    texts = []
+    for scene in text_scenes:
+        with_audio = scene.sound is not None and rng.random() < 0.9
+        brief = rng.random() < cfg["lm"]["brief_fraction"]
+        conversation = sample_conversation(scene, rng, with_audio, max_turns=3 if brief else 2)
+        texts.append(
+            brief_text(scene, conversation, with_audio)
+            if brief
+            else conversation_text(bootstrap, scene, conversation, with_audio)
+        )
+    tokenizer = tv.train_videollama_tokenizer([t for t, _ in texts], vocab_size=cfg["tokenizer"]["vocab_size"])
+    processor = build_processor(tokenizer, cfg["model"])
+    processor.save_pretrained(out / "processor")
+    timer.lap("tokenizer")
+
+    # 3. the stand-ins, trained on their own: the LLM in one process, the frame encoder then the audio trunk in
+    #    another (each on one thread: models this small gain nothing from a second thread, so two jobs halve the wall)
+    lm_config = language_model_config(tokenizer, cfg["model"]["text"])
+    config = build_config(cfg["model"], lm_config, len(tokenizer) - 2)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+        lm_job = pool.submit(_language_model_job, texts, str(out / "processor"), cfg, out / "lm.safetensors")
+        encoders_job = pool.submit(
+            _encoders_job, config.to_dict(), [asdict(s) for s in train_scenes], cfg, out / "encoders.safetensors"
+        )
+        encoder_metrics, encoder_seconds = encoders_job.result()
+        lm_seconds = lm_job.result()
+    summary["metrics"].update(encoder_metrics)
+    summary["parallel_seconds"] = {"language model": lm_seconds, **encoder_seconds}
+    timer.lap("stand-ins (language model | frame encoder + audio trunk)")
+
+    # 4. assemble and save (the stand-ins frozen from here on)
+    torch.manual_seed(seed)
+    model = tv.VideoLlamaForConditionalGeneration(config)
+    weights = load_file(out / "encoders.safetensors")
+    lm_weights = load_file(out / "lm.safetensors")
+    weights.update(
+        {f"model.language_model.{k[len('model.') :]}": v for k, v in lm_weights.items() if k.startswith("model.")}
+    )
+    weights["lm_head.weight"] = lm_weights.get("lm_head.weight", lm_weights["model.embed_tokens.weight"]).clone()
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected, unexpected
+    # The frame position embedding is added to LayerNorm'd Q-Former outputs (unit scale per dimension); at the usual
+    # 0.02 init the video Q-Former can hardly tell frames apart, and motion (frame order) is learned very slowly.
+    with torch.no_grad():
+        model.model.video_position_embedding.weight.normal_(0.0, cfg["video_position_init_std"])
+    base = out / "assembled"
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("#")],
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=64,
+        do_sample=False,
+    )
+    model.save_pretrained(base)
+    processor.save_pretrained(base)
+    timer.lap("assemble")
+
+    # 5/6. the paper's two stages
+    video_dir = out / "world" / "train" / "videos"
+    stage1 = out / "stage1"
+    summary["metrics"]["stage1"] = run_stage(
+        base, stage_records(train_scenes, video_dir, 1, rng), stage1, cfg["stage1"], seed
+    )
+    _copy_non_weights(base, stage1)
+    timer.lap("stage 1")
+    stage2 = out / "stage2"
+    summary["metrics"]["stage2"] = run_stage(
+        stage1, stage_records(train_scenes, video_dir, 2, rng), stage2, cfg["stage2"], seed
+    )
+    _copy_non_weights(base, stage2)
+    timer.lap("stage 2")
+
+    # 7. held-out evaluation
+    from transformers_videollama.cli_videollama import evaluate_model, load_model
+
+    final, final_processor = load_model(str(stage2), device="cpu", dtype="float32")
+    records = [
+        dict(r, video=str(out / "world" / "heldout" / r["video"]))
+        for r in _read_jsonl(out / "world" / "heldout" / "qa.jsonl")
+    ]
+    report = evaluate_model(final, final_processor, records, batch_size=16, progress=False)
+    summary["metrics"]["heldout"] = {k: v for k, v in report.items() if k != "predictions"}
+    timer.lap("evaluate")
+
+    # 8. bundle
+    if args.bundle:
+        final = final.to(torch.float16)
+        if args.bundle.exists():
+            shutil.rmtree(args.bundle)
+        export_for_hub(final, final_processor, args.bundle, progress=False)
+        timer.lap("bundle")
+    summary["seconds"] = timer.steps
+    summary["total_seconds"] = round(time.perf_counter() - timer.start, 1)
+    (out / "recipe_summary.json").write_text(json.dumps(summary, indent=1))
+    if args.bundle:
+        (args.bundle / "recipe_summary.json").write_text(json.dumps(summary, indent=1))
+    logger.info("summary: %s", json.dumps(summary["metrics"], indent=1))
+    logger.info("total %.1f s", summary["total_seconds"])
+    return 0
+
+
+def _copy_non_weights(base: Path, target: Path) -> None:
+    """The Trainer saves the model and processor; keep the generation config of the assembled model."""
+    shutil.copy(base / "generation_config.json", target / "generation_config.json")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _scene_kwargs(line: dict) -> dict:
+    line = dict(line)
+    line["objects"] = [world.SceneObject(**dict(o, start=tuple(o["start"]))) for o in line["objects"]]
+    line["background"] = tuple(line["background"])
+    return line
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
