@@ -491,11 +491,10 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--disable_tqdm", "True",
     ]  # fmt: skip
     trainer = train_videollama.run(argv)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {
-        "first_loss": round(losses[0], 4) if losses else None,
-        "final_loss": round(losses[-1], 4) if losses else None,
-    }
+    history = trainer.state.log_history
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    final = losses[-1] if losses else next((e["train_loss"] for e in history if "train_loss" in e), None)
+    return {"first_loss": round(losses[0], 4) if losses else None, "final_loss": round(final, 4) if final else None}
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
