@@ -814,14 +814,14 @@ def _seed(seed: int) -> None:
 def _convert(argv: list[str]) -> int:
     from .convert_videollama_weights_to_hf import main as convert_main
 
-    return convert_main(argv)
+    return convert_main(argv, prog="videollama convert")
 
 
 def _hub(command: str) -> Callable[[list[str]], int]:
     def run(argv: list[str]) -> int:
         from .hub_videollama import main as hub_main
 
-        return hub_main([command, *argv])
+        return hub_main([command, *argv], prog="videollama")
 
     return run
 

@@ -621,9 +621,9 @@ def run_self_check(folder: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m transformers_videollama.convert",
+        prog=prog or "python -m transformers_videollama.convert",
         description="Convert the original Video-LLaMA release files into a Hugging Face folder.",
         epilog=__doc__.split("\n\n")[-1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -645,8 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Iterable[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     config = None
     if args.config is not None:

@@ -326,9 +326,9 @@ def push_to_hub(
 # ----------------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m transformers_videollama.hub_videollama",
+        prog=prog or "python -m transformers_videollama.hub_videollama",
         description="Export a converted Video-LLaMA folder as Hub-ready remote code, render its card, push it.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Iterable[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     bars_were_on = hf_logging.is_progress_bar_enabled()
     if args.quiet:
