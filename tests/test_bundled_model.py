@@ -51,6 +51,16 @@ def test_bundled_checkpoint_is_small_and_self_contained():
     assert summary["smoke"] is False
 
 
+def test_bundled_remote_code_is_the_package_code():
+    """The copies the remote-code folder carries must be the package's modules: without this a fix to the package
+    would silently not reach users who load the bundle with `trust_remote_code=True` (re-export to refresh them)."""
+    copies = sorted(BUNDLED.glob("*.py"))
+    assert copies
+    package = ROOT / "src" / "transformers_videollama"
+    stale = [p.name for p in copies if p.read_bytes() != (package / p.name).read_bytes()]
+    assert not stale, f"re-export the bundled model: {stale} differ from the package"
+
+
 def test_readme_example_answers_correctly_through_the_cli():
     """The README's first command, as a fresh install runs it (console script, default model, no network)."""
     result = subprocess.run(

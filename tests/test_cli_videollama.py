@@ -449,3 +449,22 @@ def test_scoring_normalises_answers():
     assert "overall" in cli.format_report(report) and "60.0%" in cli.format_report(report)
     with pytest.raises(ValueError):
         cli.score_predictions(records, predictions[:2])
+
+
+def test_chat_samples_frames_at_the_requested_rate(model_dir, world, monkeypatch, capsys):
+    """`chat --fps 2` reaches the frame sampler through `VideoLlamaChat(fps=...)`, not by editing the processor."""
+    seen = []
+    ask = VideoLlamaChat.ask
+
+    def recording_ask(self, content, **kwargs):  # the real `ask`, then what it decoded
+        answer = ask(self, content, **kwargs)
+        seen.append((self.messages[0]["content"][0]["video"].metadata, self.processor.video_processor.fps))
+        return answer
+
+    monkeypatch.setattr(VideoLlamaChat, "ask", recording_ask)
+    argv = ["chat", world["video"], "What?", "--fps", "2", "--max-new-tokens", "2", "--model", str(model_dir)]
+    assert cli.main(argv) == 0
+    ((metadata, processor_fps),) = seen
+    duration = metadata.total_num_frames / metadata.fps
+    assert len(metadata.frames_indices) == max(1, round(duration * 2)) != 8
+    assert processor_fps is None  # the processor keeps its own setting

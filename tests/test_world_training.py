@@ -38,9 +38,8 @@ def test_tokenizer_follows_llama_conventions(tokenizer, tmp_path):
     text = "###Human: <Video><ImageHere><ImageHere></Video> red###  Ünï 42"
     ids = tokenizer(text).input_ids
     assert ids[0] == 1 and ids.count(base) == 2
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "###Human: <Video> </Video> red###  Ünï 42".replace(
-        "<Video> </Video>", "<Video> </Video>"
-    )
+    # legacy LLaMA: the text after the placeholders gets its own "▁" prefix, which decodes as a space
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "###Human: <Video> </Video> red###  Ünï 42"
     assert "<unk>" not in tokenizer.convert_ids_to_tokens(ids)  # unseen characters fall back to bytes
     # the turn separator never merges with the word before it, so "#" is a single stop id
     pieces = tokenizer.convert_ids_to_tokens(tokenizer("red###").input_ids)
@@ -64,9 +63,9 @@ def world_videos(tmp_path_factory):
     return out, with_audio
 
 
-def test_chat_template_format_trains_on_the_inference_prompt(tokenizer, world_videos):
-    out, scene = world_videos
-    processor = tv.VideoLlamaProcessor(
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    return tv.VideoLlamaProcessor(
         video_processor=tv.VideoLlamaVideoProcessor(size={"height": 32, "width": 32}),
         feature_extractor=tv.VideoLlamaFeatureExtractor(),
         tokenizer=tokenizer,
@@ -74,6 +73,10 @@ def test_chat_template_format_trains_on_the_inference_prompt(tokenizer, world_vi
         num_audio_query_tokens=2,
         chat_template="vicuna",
     )
+
+
+def test_chat_template_format_trains_on_the_inference_prompt(tokenizer, processor, world_videos):
+    out, scene = world_videos
     video = str(out / "videos" / f"{scene['id']}.mp4")
     record = {
         "video": video,
@@ -97,10 +100,8 @@ def test_chat_template_format_trains_on_the_inference_prompt(tokenizer, world_vi
     prompt = processor.apply_chat_template(request, add_generation_prompt=True, load_audio_from_video=True)
     expanded = prompt.replace("<ImageHere>", "<ImageHere>" * 4).replace("<AudioHere>", "<AudioHere>" * 2)
     assert encoded.text.startswith(expanded + " red###Human: What do you hear?###Assistant: a high tone###")
-    assert (
-        processor(text=prompt, videos=[video], audio=[video])["input_ids"][0].tolist()
-        == encoded.input_ids[: len(processor(text=prompt, videos=[video], audio=[video])["input_ids"][0])]
-    )
+    request_ids = processor(text=prompt, videos=[video], audio=[video])["input_ids"][0].tolist()
+    assert encoded.input_ids[: len(request_ids)] == request_ids
     supervised = tokenizer.decode([i for i, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX])
     assert supervised.replace(" ", "") == "red###ahightone###"
     batch = collator([record, dict(record, audio=False)])
@@ -108,17 +109,15 @@ def test_chat_template_format_trains_on_the_inference_prompt(tokenizer, world_vi
     assert batch["input_values"].shape[0] == 1  # only the first record hears the sound
     assert (batch["labels"] != IGNORE_INDEX).any(dim=1).all()
     assert torch.equal(batch["attention_mask"].sum(1) > 0, torch.tensor([True, True]))
+    # a sound without a picture: the audio sentence, no video placeholders
+    heard = collator.encode({"audio": video, "conversations": record["conversations"][:2]})
+    assert heard.input_ids.count(processor.tokenizer.convert_tokens_to_ids("<AudioHere>")) == 2
+    assert heard.input_ids.count(processor.tokenizer.convert_tokens_to_ids("<ImageHere>")) == 0
+    assert heard.text.startswith("###Human: Close your eyes, open your ears")
 
 
-def test_chat_template_format_refuses_what_it_cannot_render(tokenizer, world_videos):
+def test_chat_template_format_refuses_what_it_cannot_render(processor, world_videos):
     out, scene = world_videos
-    processor = tv.VideoLlamaProcessor(
-        video_processor=tv.VideoLlamaVideoProcessor(size={"height": 32, "width": 32}),
-        feature_extractor=tv.VideoLlamaFeatureExtractor(),
-        tokenizer=tokenizer,
-        num_video_query_tokens=4,
-        num_audio_query_tokens=2,
-    )
     collator = tv.VideoLlamaDataCollator(processor, prompt_format="chat_template")
     video = str(out / "videos" / f"{scene['id']}.mp4")
     with pytest.raises(ValueError, match="conversations"):
@@ -127,6 +126,10 @@ def test_chat_template_format_refuses_what_it_cannot_render(tokenizer, world_vid
         collator.encode({"video": video, "conversations": [{"from": "human", "value": "<video> what?"}]})
     with pytest.raises(ValueError, match="prompt_format"):
         tv.VideoLlamaDataCollator(processor, prompt_format="demo")
+    with pytest.raises(ValueError, match="label_masking='answers' only"):
+        tv.VideoLlamaDataCollator(processor, prompt_format="chat_template", label_masking="original")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        collator.encode({"video": "missing.mp4", "conversations": [{"from": "human", "value": "hi"}]})
     silent = world.write_video(
         world.Scene(objects=[world.SceneObject("red", "circle", "left", (0.7, 0.5), 0.3)], sound=None),
         out / "no_track.mp4",

@@ -1,6 +1,7 @@
 """The synthetic audio-visual world: deterministic, real mp4 files, held-out combinations really held out."""
 
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -115,6 +116,10 @@ def test_split_files_and_idempotent_rewrite(split):
     assert {"video", "question", "answer", "type", "audio"} <= set(lines[0])
     assert {line["type"] for line in lines} >= {"colour", "shape", "motion", "count", "describe"}
     assert all((split / line["video"]).is_file() for line in lines)
+    # train.jsonl is a training set in the package's own JSONL format
+    records = tv.load_training_data("jsonl", str(split / "train.jsonl"))
+    assert len(records) == 12 and all(len(r["conversations"]) >= 10 for r in records)
+    assert all(Path(r["media"]).is_file() for r in records)
     before = {p.name: p.stat().st_mtime_ns for p in (split / "videos").glob("*.mp4")}
     world.generate_split(split, "train", 12, seed=3)
     after = {p.name: p.stat().st_mtime_ns for p in (split / "videos").glob("*.mp4")}

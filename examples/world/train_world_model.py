@@ -58,13 +58,13 @@ from transformers.video_utils import VideoMetadata
 import transformers_videollama as tv
 from transformers_videollama import world_videollama as world
 from transformers_videollama.hub_videollama import export_for_hub
+from transformers_videollama.media_io_videollama import uniform_frame_indices
 from transformers_videollama.video_processing_videollama import CLIP_MEAN, CLIP_STD, DecodedVideo
 
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 logger = logging.getLogger("train_world_model")
-SOUND_WORDS = {s: world.SOUND_TEXT[s] if s != "silence" else "silence" for s in world.SOUNDS}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -90,12 +90,6 @@ class Timer:
 # -- 1. text of the world -----------------------------------------------------------------------------------------
 
 
-def uniform_indices(total: int, count: int = 8) -> list[int]:
-    """The original's uniform frame rule (what the video processor samples)."""
-    count = min(count, total)
-    return [int(i * total / count) for i in range(count)]
-
-
 def conversation_text(
     processor: tv.VideoLlamaProcessor, scene: world.Scene, qas: list[dict], with_audio: bool
 ) -> tuple[str, list[tuple[int, int]]]:
@@ -105,7 +99,7 @@ def conversation_text(
     Returns the text and the character spans of the answers (with their `###`).
     """
     metadata = VideoMetadata(
-        total_num_frames=scene.num_frames, fps=scene.fps, frames_indices=uniform_indices(scene.num_frames)
+        total_num_frames=scene.num_frames, fps=scene.fps, frames_indices=uniform_frame_indices(scene.num_frames, 8)
     )
     stub = DecodedVideo(np.zeros((len(metadata.frames_indices), 1, 1, 3), np.uint8), metadata, "video", scene.id)
     content: list[dict] = [{"type": "video", "video": stub}]
@@ -121,7 +115,9 @@ def conversation_text(
     def render(upto: int, generation_prompt: bool) -> str:
         text = processor.apply_chat_template(messages[:upto], tokenize=False, add_generation_prompt=generation_prompt)
         text = text.replace(tv.processing_videollama.VIDEO_TOKEN, world.visual_text(scene))
-        return text.replace(tv.processing_videollama.AUDIO_TOKEN, SOUND_WORDS.get(scene.sound, "silence"))
+        if with_audio:  # only a scene with a sound track is ever rendered with the audio sentence
+            text = text.replace(tv.processing_videollama.AUDIO_TOKEN, world.SOUND_TEXT[scene.sound])
+        return text
 
     spans = []
     for index in range(1, len(messages), 2):
@@ -135,7 +131,7 @@ def brief_text(scene: world.Scene, qas: list[dict], with_audio: bool) -> tuple[s
     Many of these per step teach the small LM in-context lookup (which word of the prompt answers the question)
     several times faster than the ~110-token demo prompts alone; the demo prompts teach the real format.
     """
-    sound = f" Sound: {SOUND_WORDS.get(scene.sound, 'silence')}." if with_audio else ""
+    sound = f" Sound: {world.SOUND_TEXT[scene.sound]}." if with_audio else ""
     text, spans = f"<Video>{world.visual_text(scene)}</Video>{sound}###", []
     for qa in qas:
         text += f"Human: {qa['question']}###Assistant:"
@@ -159,7 +155,6 @@ def train_language_model(
     """A small LLaMA trained on the world's conversations, with the media written out as text."""
     torch.manual_seed(seed)
     config = language_model_config(tokenizer, model_cfg)
-    torch.set_num_threads(1)  # a model this small runs as fast on one thread (the other core trains the encoders)
     model = LlamaForCausalLM(config)
     encoded = []
     for text, spans in texts:  # supervise the answers (+ their "###"), as an instruction-tuned LLM (Vicuna) was
@@ -186,18 +181,18 @@ def train_language_model(
                 1,
             )
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(loss, list(model.parameters()), optimizer, schedule)
         if step % 100 == 0 or step == cfg["steps"] - 1:
             logger.info("  LM step %d/%d loss %.3f", step, cfg["steps"], loss.item())
-            if EVAL_HOOK is not None and step % 200 == 0:
-                model.eval()
-                logger.info("  LM eval %s", EVAL_HOOK(model))
-                model.train()
     return model.eval()
+
+
+def _optimizer_step(loss: torch.Tensor, params: list, optimizer: torch.optim.Optimizer, schedule) -> None:
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float = 0.05):
@@ -212,8 +207,6 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float =
 
 
 # -- 3b. the frame encoder stand-in (EVA ViT + BLIP-2 Q-Former) ------------------------------------------------------
-
-EVAL_HOOK = None  # optional callable(model) -> dict, logged during LM training (used when tuning the recipe)
 
 
 def frame_dataset(scenes: list[world.Scene], count: int, size: int, rng: np.random.Generator):
@@ -283,11 +276,7 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
         xy = torch.cat([heads["x"](slots[:, :, 2]), heads["y"](slots[:, :, 3])], dim=-1)  # (B, slot, 2)
         known = ~torch.isnan(where)
         loss = loss + 5 * nn.functional.mse_loss(xy[known], where[known])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(loss, params, optimizer, schedule)
         if step % 100 == 0 or step == cfg["steps"] - 1:
             with torch.no_grad():
                 for k, name in enumerate(("present", "colour", "shape")):
@@ -329,11 +318,7 @@ def train_audio_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
         embeds = tower(input_values=values[index][:, None]).embeds[:, 0]  # (B, 1 clip, P) -> (B, P)
         logits = head(embeds)
         loss = nn.functional.cross_entropy(logits, labels[index])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(loss, params, optimizer, schedule)
         if step % 100 == 0 or step == cfg["steps"] - 1:
             accuracy = (logits.argmax(-1) == labels[index]).float().mean().item()
             logger.info("  audio trunk step %d/%d loss %.3f accuracy %.3f", step, cfg["steps"], loss.item(), accuracy)

@@ -36,7 +36,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 from transformers.utils import logging as hf_logging
 
-from .pipeline_videollama import _stop_ids, answer_from_ids
+from .pipeline_videollama import answer_from_ids, stop_token_ids
 from .video_processing_videollama import IMAGE_EXTENSIONS
 
 
@@ -167,7 +167,7 @@ class AnswerStreamer(BaseStreamer):
         self.generation_config = generation_config
         self.stream = stream
         self.skip_prompt = skip_prompt
-        self.stop_ids = set(_stop_ids(generation_config))
+        self.stop_ids = set(stop_token_ids(generation_config))
         special = set(getattr(tokenizer, "all_special_ids", []))
         texts = (tokenizer.decode([i]).strip() for i in self.stop_ids if i not in special)
         self.stop_strings = sorted({t for t in texts if t}, key=len)
@@ -277,7 +277,7 @@ class _MediaCache:
             raise FileNotFoundError(f"Media file {video!r} does not exist.")
         # The processor's own preparation (as VideoLlamaChat uses it): decodes the frames and, when asked, the sound
         # track, falling back to the video-only prompt with a warning when there is none.
-        (message,) = self.processor._prepare_conversation(
+        (message,) = self.processor.prepare_conversation(
             [{"role": "user", "content": [{"type": "video", "path": video}]}],
             audio,
             "warn",
@@ -625,13 +625,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     _check_media_file(video)
     _seed(args.seed)
     model, processor = load_model(args.model, args.device, args.dtype)
-    if args.fps is not None:
-        processor.video_processor.fps = args.fps  # VideoLlamaChat samples with the processor's settings
     chat = VideoLlamaChat(
         model,
         processor,
         load_audio_from_video=not args.no_audio,
         num_frames=args.num_frames,
+        fps=args.fps,
         **generation_kwargs(args),
     )
     streamer = AnswerStreamer(processor.tokenizer, model.generation_config)

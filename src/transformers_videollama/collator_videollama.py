@@ -435,11 +435,7 @@ class VideoLlamaDataCollator:
                 labels = original_llama2_labels(ids, text, self.tokenizer)
             attention = [int(i != self.pad_id) for i in ids]
         else:
-            labels = [
-                i if any(s < end and e > start for start, end in spans) and e > s else IGNORE_INDEX
-                for i, (s, e) in zip(ids, encoding.offset_mapping)
-            ]
-            labels = [IGNORE_INDEX if i in (self.video_id, self.audio_id) else lab for i, lab in zip(ids, labels)]
+            labels = self._answer_labels(ids, encoding.offset_mapping, spans)
             attention = [1] * len(ids)
         return EncodedExample(ids, labels, attention, videos, audios, text)
 
@@ -474,22 +470,25 @@ class VideoLlamaDataCollator:
             messages.insert(0, {"role": "system", "content": self.system})
         processor = self.processor
         # decode once (an unusable audio track is an error here: the record asked for it)
-        messages = processor._prepare_conversation(messages, False, "error", self.num_frames, None)
-        counts = {VIDEO_TOKEN: processor.num_video_query_tokens, AUDIO_TOKEN: processor.num_audio_query_tokens}
+        messages = processor.prepare_conversation(messages, False, "error", self.num_frames, None)
+        rendered: dict[tuple[int, bool], str] = {}
 
         def render(upto: int, generation_prompt: bool) -> str:
-            text = processor.apply_chat_template(
-                messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
-            )
-            for token, count in counts.items():
-                text = text.replace(token, token * count)
-            return text
+            key = (upto, generation_prompt)
+            if key not in rendered:
+                rendered[key] = processor.expand_placeholders(
+                    processor.apply_chat_template(
+                        messages[:upto], tokenize=False, add_generation_prompt=generation_prompt
+                    )
+                )
+            return rendered[key]
 
-        spans = []
-        for index, message in enumerate(messages):
-            if message["role"] == "assistant":
-                start = len(render(index, True))
-                spans.append((start, len(render(index + 1, False))))
+        # each answer runs from the end of the prompt that asks for it to the end of the turn that holds it
+        spans = [
+            (len(render(index, True)), len(render(index + 1, False)))
+            for index, message in enumerate(messages)
+            if message["role"] == "assistant"
+        ]
         text = render(len(messages), False)
         bos = self.tokenizer.bos_token
         encoding = self.tokenizer(
@@ -500,27 +499,21 @@ class VideoLlamaDataCollator:
             return_offsets_mapping=True,
         )
         ids = list(encoding.input_ids)
-        videos = [
-            b[b["type"]]
-            for m in messages
-            if isinstance(m["content"], list)
-            for b in m["content"]
-            if b.get("type") in ("video", "image")
-        ]
-        audios = [
-            b["audio"]
-            for m in messages
-            if isinstance(m["content"], list)
-            for b in m["content"]
-            if b.get("type") == "audio"
-        ]
+        _, (videos,), audios, _ = processor._multimodal_inputs_from_conversations([messages], {})
         self._check_placeholders(ids, len(videos), len(audios))
-        labels = [
-            i if any(s < end and e > start for start, end in spans) and e > s else IGNORE_INDEX
-            for i, (s, e) in zip(ids, encoding.offset_mapping)
-        ]
-        labels = [IGNORE_INDEX if i in (self.video_id, self.audio_id) else lab for i, lab in zip(ids, labels)]
+        labels = self._answer_labels(ids, encoding.offset_mapping, spans)
         return EncodedExample(ids, labels, [1] * len(ids), videos, audios, text)
+
+    def _answer_labels(
+        self, ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]
+    ) -> list[int]:
+        """Supervise exactly the tokens whose characters overlap an answer span; never a placeholder."""
+        return [
+            i
+            if e > s and i not in (self.video_id, self.audio_id) and any(s < end and e > start for start, end in spans)
+            else IGNORE_INDEX
+            for i, (s, e) in zip(ids, offsets)
+        ]
 
     def _check_placeholders(self, ids: Sequence[int], num_visual: int, num_audio: int) -> None:
         token, count = self._placeholders()

@@ -36,12 +36,13 @@ from .processing_videollama import AUDIO_TOKEN, VIDEO_TOKEN
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["VideoLlamaChat", "VideoTextToTextPipeline", "answer_from_ids"]
+__all__ = ["VideoLlamaChat", "VideoTextToTextPipeline", "answer_from_ids", "stop_token_ids"]
 
 TASK = "video-text-to-text"
 
 
-def _stop_ids(generation_config: GenerationConfig) -> list[int]:
+def stop_token_ids(generation_config: GenerationConfig) -> list[int]:
+    """The ids that end an answer (`eos_token_id`, one or several), as a list."""
     eos = generation_config.eos_token_id
     if eos is None:
         return []
@@ -57,7 +58,7 @@ def answer_from_ids(new_ids: torch.Tensor | list[int], tokenizer: Any, generatio
     stopped on the two-token spelling `##` + `#` as well), then stripped.
     """
     ids = new_ids.tolist() if isinstance(new_ids, torch.Tensor) else list(new_ids)
-    stops = _stop_ids(generation_config)
+    stops = stop_token_ids(generation_config)
     for index, token in enumerate(ids):
         if token in stops:
             ids = ids[:index]
@@ -434,6 +435,7 @@ class VideoLlamaChat:
         chat_template (`str`, *optional*): `"vicuna"`, `"llama2"` or a Jinja template; the processor's default if unset.
         load_audio_from_video (`bool`, defaults to `False`): also hear each video's sound track.
         system (`str`, *optional*): a system message (the demo's defaults apply when unset).
+        num_frames / fps (*optional*): frame sampling of the videos (default: the video processor's, 8 frames).
         **generate_kwargs: defaults for `generate()` (e.g. `max_new_tokens`, `do_sample`).
 
     Example:
@@ -453,6 +455,7 @@ class VideoLlamaChat:
         load_audio_from_video: bool = False,
         system: str | None = None,
         num_frames: int | None = None,
+        fps: float | None = None,
         **generate_kwargs: Any,
     ):
         self.model = model
@@ -460,6 +463,7 @@ class VideoLlamaChat:
         self.chat_template = chat_template
         self.load_audio_from_video = load_audio_from_video
         self.num_frames = num_frames
+        self.fps = fps
         self.generate_kwargs = generate_kwargs
         self.messages: list[dict[str, Any]] = []  # with media decoded, as the processor prepared them
         if system is not None:
@@ -476,12 +480,12 @@ class VideoLlamaChat:
         if not isinstance(content, list) or not all(isinstance(b, dict) and "type" in b for b in content):
             raise ValueError("`content` must be a string or a list of content blocks with a 'type' key.")
         processor = self.processor
-        (message,) = processor._prepare_conversation(
+        (message,) = processor.prepare_conversation(
             [{"role": "user", "content": content}],
             self.load_audio_from_video,
             processor.audio_fallback,
             self.num_frames,
-            None,
+            self.fps,
         )
         self._encode_new_media(message)
         self.messages.append(message)
@@ -528,9 +532,7 @@ class VideoLlamaChat:
     def _tokenise(self, prompt: str) -> torch.Tensor:
         """Token ids of a rendered prompt with placeholders expanded, as the processor computes them."""
         processor = self.processor
-        text = prompt.replace(VIDEO_TOKEN, VIDEO_TOKEN * processor.num_video_query_tokens).replace(
-            AUDIO_TOKEN, AUDIO_TOKEN * processor.num_audio_query_tokens
-        )
+        text = processor.expand_placeholders(prompt)
         bos = processor.tokenizer.bos_token
         ids = processor.tokenizer(text, add_special_tokens=not (bos and prompt.startswith(bos))).input_ids
         return torch.tensor([ids], device=self.model.device)

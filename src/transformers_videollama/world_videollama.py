@@ -91,7 +91,6 @@ SOUND_TEXT = {
 # Pairs that never occur in the training split (each colour and shape, and each shape and motion, still occur).
 HELDOUT_COLOUR_SHAPE = {("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square")}
 HELDOUT_SHAPE_MOTION = {("circle", "up"), ("square", "left"), ("triangle", "still"), ("cross", "right")}
-NUMBERS = {1: "one", 2: "two"}
 
 
 @dataclass
@@ -507,9 +506,7 @@ def generate_split(
         conversations = []
         for qa in questions(scene, rng):
             conversations += [{"from": "human", "value": qa["question"]}, {"from": "gpt", "value": qa["answer"]}]
-        train_lines.append(
-            {"video": rel, "audio": has_audio, "caption_answer": caption(scene), "conversations": conversations}
-        )
+        train_lines.append({"video": rel, "audio": has_audio, "conversations": conversations})
         scene_lines.append(asdict(scene))
     for name, lines in (("qa.jsonl", qa_lines), ("train.jsonl", train_lines), ("scenes.jsonl", scene_lines)):
         with open(out / name, "w", encoding="utf-8") as handle:

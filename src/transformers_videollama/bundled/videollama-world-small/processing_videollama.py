@@ -82,6 +82,46 @@ def load_chat_template(name: str) -> str:
     return resources.files(__package__).joinpath(_TEMPLATE_FILES[name]).read_text(encoding="utf-8")  # pragma: no cover
 
 
+def _legacy_llama_normalizer() -> Any:
+    """Legacy LLaMA: every piece of text between added tokens gets the "▁" dummy prefix, as SentencePiece did."""
+    from tokenizers import normalizers
+
+    return normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+
+
+def _llama_tokenizer(model: Any, specials: tuple[str, str, str], bos_id: int, pre_tokenizer: Any = None) -> Any:
+    """A fast tokenizer around a BPE `model` with LLaMA's conventions (shared by the two builders below).
+
+    Legacy "▁" dummy prefix (`_legacy_llama_normalizer`), BOS in front of every sequence; `pad_token = unk`; `<ImageHere>` / `<AudioHere>` appended as special tokens.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, processors
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    unk, bos, eos = specials
+    backend = Tokenizer(model)
+    backend.normalizer = _legacy_llama_normalizer()
+    if pre_tokenizer is not None:
+        backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    )
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+    )
+    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    tokenizer = TokenizersBackend(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+        pad_token=unk,
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(1e30),
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, AUDIO_TOKEN]})
+    return tokenizer
+
+
 def build_videollama_tokenizer(llama_path: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a LLaMA / Vicuna / LLaMA-2 tokenizer folder the way the original Video-LLaMA used it.
 
@@ -98,10 +138,8 @@ def build_videollama_tokenizer(llama_path: str | os.PathLike) -> PreTrainedToken
         `AutoTokenizer` without SentencePiece.
     """
     import sentencepiece as spm
-    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
     from tokenizers.models import BPE
     from transformers.tokenization_utils_sentencepiece import SentencePieceExtractor
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     model_file = os.path.join(os.fspath(llama_path), "tokenizer.model")
     if not os.path.isfile(model_file):
@@ -109,26 +147,11 @@ def build_videollama_tokenizer(llama_path: str | os.PathLike) -> PreTrainedToken
     sp = spm.SentencePieceProcessor(model_file=model_file)
     vocab, _, merges = SentencePieceExtractor(model_file).extract()
     unk, bos, eos = (sp.id_to_piece(i) for i in (sp.unk_id(), sp.bos_id(), sp.eos_id()))
-    backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback="<0x00>" in vocab))
-    # Legacy LLaMA: every piece of text between added tokens gets the "▁" dummy prefix, as SentencePiece.encode did.
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    tokenizer = _llama_tokenizer(
+        BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback="<0x00>" in vocab),
+        (unk, bos, eos),
+        sp.bos_id(),
     )
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, sp.bos_id())]
-    )
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in (unk, bos, eos)])
-    tokenizer = TokenizersBackend(
-        tokenizer_object=backend,
-        bos_token=bos,
-        eos_token=eos,
-        unk_token=unk,
-        pad_token=unk,
-        clean_up_tokenization_spaces=False,
-        model_max_length=int(1e30),
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, AUDIO_TOKEN]})
     expected = {VIDEO_TOKEN: sp.get_piece_size(), AUDIO_TOKEN: sp.get_piece_size() + 1}
     got = {t: tokenizer.convert_tokens_to_ids(t) for t in expected}
     if got != expected:
@@ -152,15 +175,13 @@ def train_videollama_tokenizer(texts: Iterable[str], vocab_size: int = 1000, min
         vocab_size: size including the 259 special/byte tokens (the placeholders come on top).
         min_frequency: minimum count for a merge.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, pre_tokenizers, trainers
     from tokenizers.models import BPE
-    from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
     specials = ["<unk>", "<s>", "</s>"]
     byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
     if vocab_size <= len(specials) + len(byte_tokens):
         raise ValueError(f"vocab_size must exceed the {len(specials) + len(byte_tokens)} special and byte tokens")
-    normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     pre_tokenizer = pre_tokenizers.Sequence(
         [
             # a word with its "▁" prefix; a run of spaces stays one piece (minus the "▁" of the word after it)
@@ -170,7 +191,7 @@ def train_videollama_tokenizer(texts: Iterable[str], vocab_size: int = 1000, min
         ]
     )
     scratch = Tokenizer(BPE(unk_token="<unk>"))
-    scratch.normalizer, scratch.pre_tokenizer = normalizer, pre_tokenizer
+    scratch.normalizer, scratch.pre_tokenizer = _legacy_llama_normalizer(), pre_tokenizer
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(specials) - len(byte_tokens),
         min_frequency=min_frequency,
@@ -183,26 +204,12 @@ def train_videollama_tokenizer(texts: Iterable[str], vocab_size: int = 1000, min
     for token, _ in sorted(learned["vocab"].items(), key=lambda item: item[1]):
         vocab.setdefault(token, len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
-    backend.normalizer, backend.pre_tokenizer = normalizer, pre_tokenizer
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(content=" ", left=1)]
+    return _llama_tokenizer(
+        BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True),
+        tuple(specials),
+        vocab["<s>"],
+        pre_tokenizer,
     )
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
-    tokenizer = TokenizersBackend(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<unk>",
-        clean_up_tokenization_spaces=False,
-        model_max_length=int(1e30),
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": [VIDEO_TOKEN, AUDIO_TOKEN]})
-    return tokenizer
 
 
 _PROBES = (
@@ -356,12 +363,7 @@ class VideoLlamaProcessor(ProcessorMixin):
             audio_out = self.feature_extractor(audio_items, sampling_rate=sampling_rate, return_tensors="pt")
             data.update(audio_out)
 
-        expanded = [
-            t.replace(VIDEO_TOKEN, VIDEO_TOKEN * self.num_video_query_tokens).replace(
-                AUDIO_TOKEN, AUDIO_TOKEN * self.num_audio_query_tokens
-            )
-            for t in texts
-        ]
+        expanded = [self.expand_placeholders(t) for t in texts]
         if (
             "add_special_tokens" not in kwargs
             and self.tokenizer.bos_token
@@ -417,7 +419,7 @@ class VideoLlamaProcessor(ProcessorMixin):
         batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations = copy.copy(conversation) if batched else [conversation]
         prepared = [
-            self._prepare_conversation(
+            self.prepare_conversation(
                 conv,
                 load_audio_from_video,
                 policy,
@@ -436,10 +438,15 @@ class VideoLlamaProcessor(ProcessorMixin):
             **kwargs,
         )
 
-    def _prepare_conversation(
+    def prepare_conversation(
         self, conversation: list[dict[str, Any]], load_audio: bool, policy: str, num_frames: Any, fps: Any
     ) -> list[dict[str, Any]]:
-        """Decode every media block (and audio tracks) so the template can render timestamps and audio decisions."""
+        """Decode every media block (and audio tracks) so the template can render timestamps and audio decisions.
+
+        Returns the conversation with decoded media in place; rendering it again (`apply_chat_template`) decodes
+        nothing. `load_audio` adds each video's sound track; `policy` (`"warn"`/`"error"`) says what a missing or
+        unusable track does. Used by `apply_chat_template`, `VideoLlamaChat`, the training collator and the CLI.
+        """
         out = []
         for message in conversation:
             message = dict(message)
@@ -520,7 +527,7 @@ class VideoLlamaProcessor(ProcessorMixin):
         audio_loading_params: dict,
         load_audio_from_video: bool = False,
     ):
-        """Collect the media already decoded by `_prepare_conversation`, in placeholder order."""
+        """Collect the media already decoded by `prepare_conversation`, in placeholder order."""
         batch_videos, batch_audios = [], []
         for conversation in conversations:
             videos = []
@@ -535,6 +542,12 @@ class VideoLlamaProcessor(ProcessorMixin):
                         batch_audios.append(block["audio"])
             batch_videos.append(videos)
         return [[] for _ in conversations], batch_videos, batch_audios, {}
+
+    def expand_placeholders(self, text: str) -> str:
+        """Each `<ImageHere>` / `<AudioHere>` of a rendered prompt repeated once per query token of the model."""
+        return text.replace(VIDEO_TOKEN, VIDEO_TOKEN * self.num_video_query_tokens).replace(
+            AUDIO_TOKEN, AUDIO_TOKEN * self.num_audio_query_tokens
+        )
 
     def original_prompt(self, prompt: str) -> str:
         """The prompt as the original demo wrote it (`<AudioHere>` -> `<ImageHere>`), e.g. to compare strings."""
