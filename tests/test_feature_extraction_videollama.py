@@ -114,3 +114,36 @@ def test_never_mutates_the_callers_samples():
         before = samples.copy()
         extractor(samples, sampling_rate=rate)
         assert np.array_equal(samples, before)
+
+
+@pytest.mark.parametrize("samples", [32000, 4000, 401])
+def test_batched_fbank_equals_torchaudio_per_clip(samples):
+    # The extractor computes all clips' fbanks in one batched pass and reuses the resampling kernel; both must give
+    # torchaudio's per-call values (the original called kaldi.fbank and functional.resample once per clip / file).
+    import torchaudio.compliance.kaldi as kaldi
+    import torchaudio.functional as taf
+
+    from transformers_videollama.feature_extraction_videollama import _kaldi_fbanks, _resample
+
+    generator = torch.Generator().manual_seed(samples)
+    clips = torch.randn(3, samples, generator=generator) * 0.2
+    expected = torch.stack(
+        [
+            kaldi.fbank(
+                clip[None],
+                htk_compat=True,
+                sample_frequency=16000,
+                use_energy=False,
+                window_type="hanning",
+                num_mel_bins=128,
+                dither=0.0,
+                frame_length=25,
+                frame_shift=10,
+            )
+            for clip in clips
+        ]
+    )
+    torch.testing.assert_close(_kaldi_fbanks(clips, 16000, 128, 25.0, 10.0), expected, atol=1e-5, rtol=0)
+    wave = torch.randn(2, samples, generator=generator)
+    for rate in (44100, 22050, 48000):
+        torch.testing.assert_close(_resample(wave, rate, 16000), taf.resample(wave, rate, 16000), atol=0, rtol=0)
