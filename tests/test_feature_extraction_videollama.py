@@ -87,12 +87,22 @@ def test_no_audio_track(extractor):
         ),
         (np.zeros((2, 0), dtype=np.float32), ValueError, r"is empty"),
         (np.full(16000, np.nan, dtype=np.float32), ValueError, r"NaN or infinite"),
+        # one bad sample among finite ones, +inf alone and +inf with -inf (the float64-sum check sees all three)
+        (np.r_[np.zeros(8000, np.float32), np.float32(np.nan), np.zeros(99, np.float32)], ValueError, r"NaN or inf"),
+        (np.r_[np.zeros(100, np.float32), np.float32(np.inf)], ValueError, r"NaN or infinite"),
+        (np.array([[np.inf, 0.5], [-np.inf, 0.5]], np.float32).repeat(500, 1), ValueError, r"NaN or infinite"),
         ([], ValueError, r"empty list"),
     ],
 )
 def test_bad_audio_arrays(extractor, value, error, message):
     with pytest.raises(error, match=message):
         extractor(value, sampling_rate=16000)
+
+
+def test_huge_finite_samples_are_not_taken_for_infinite(extractor):
+    # the finiteness check is one sum, taken in float64 so that it cannot overflow on finite float32 samples
+    values = extractor(np.full(16000, 3e38, dtype=np.float32), sampling_rate=16000)["input_values"]
+    assert values.shape == (1, 8, 1, 128, 204)
 
 
 def test_save_and_reload(tmp_path):

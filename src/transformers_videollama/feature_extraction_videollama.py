@@ -229,10 +229,6 @@ class VideoLlamaFeatureExtractor(SequenceFeatureExtractor):
         ]
         return torch.stack([self._pad_and_normalise(bank.transpose(0, 1)) for bank in banks])
 
-    def _melspec(self, clip: torch.Tensor) -> torch.Tensor:
-        """Normalised fbank `(1, feature_size, target_length)` of one clip `(channels, samples)` (channel 0)."""
-        return self._melspecs([clip[0]])[0]
-
     def _pad_and_normalise(self, fbank: torch.Tensor) -> torch.Tensor:
         n_frames = fbank.shape[1]
         if n_frames < self.target_length:
