@@ -41,6 +41,17 @@ def test_scenes_are_deterministic_and_splits_disjoint():
     assert max(s.duration for s in heldout) > max(s.duration for s in train)
 
 
+def test_any_split_is_the_whole_world_and_leaves_the_others_unchanged():
+    # "any" (the stand-ins' pretraining data) draws every pair, in the training formats, from its own stream
+    scenes = list(world.iter_scenes("any", 600, 0))
+    pairs = {(o.colour, o.shape) for s in scenes for o in s.objects}
+    assert pairs >= world.HELDOUT_COLOUR_SHAPE
+    assert {(s.width, s.height) for s in scenes} <= {(96, 96), (112, 84)}
+    assert [s.id for s in world.iter_scenes("train", 3, 0)] == ["train-00000", "train-00001", "train-00002"]
+    with pytest.raises(ValueError, match="split must be one of"):
+        world.sample_scene(np.random.default_rng(0), "validation")
+
+
 def test_written_files_are_real_h264_aac(split):
     scenes = [json.loads(line) for line in (split / "scenes.jsonl").read_text().splitlines()]
     assert len(scenes) == 12

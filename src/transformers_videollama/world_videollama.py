@@ -153,10 +153,15 @@ SPLIT_FORMATS = {
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", index: int = 0) -> Scene:
-    """A random scene of `split` (`"train"` or `"heldout"`), drawn until it belongs to the split."""
-    if split not in SPLIT_FORMATS:
-        raise ValueError(f"split must be one of {sorted(SPLIT_FORMATS)}, got {split!r}")
-    sizes, rates, (dmin, dmax), audio_formats = SPLIT_FORMATS[split]
+    """A random scene of `split`, drawn until it belongs to the split.
+
+    `"train"` never has a held-out pair, `"heldout"` always has one (and other formats); `"any"` is the whole world
+    in the training formats, every pair included: what the stand-ins for *pretrained* models (an image encoder, an
+    LLM that knows every word) are trained on, never the Video-LLaMA stages.
+    """
+    if split not in (*SPLIT_FORMATS, "any"):
+        raise ValueError(f"split must be one of {sorted((*SPLIT_FORMATS, 'any'))}, got {split!r}")
+    sizes, rates, (dmin, dmax), audio_formats = SPLIT_FORMATS["train" if split == "any" else split]
     while True:
         count = 1 if rng.random() < 0.7 else 2
         shapes = list(rng.choice(SHAPES, size=count, replace=False))
@@ -166,7 +171,7 @@ def sample_scene(rng: np.random.Generator, split: str = "train", index: int = 0)
             colour = str(rng.choice(list(COLOURS)))
             objects.append(SceneObject(colour, str(shape), motion, (0.5, 0.5), float(rng.uniform(0.34, 0.42))))
         scene = Scene(objects=objects, sound=None)
-        if (split == "heldout") == is_heldout(scene):
+        if split == "any" or (split == "heldout") == is_heldout(scene):
             break
     for k, obj in enumerate(objects):  # start positions: in two-object scenes each object keeps to its own half
         if count == 1:
@@ -466,8 +471,8 @@ def normalize_answer(text: str) -> str:
 
 
 def iter_scenes(split: str, num_videos: int, seed: int) -> Iterator[Scene]:
-    """`num_videos` scenes of `split`, deterministic from `seed` (the two splits use different streams)."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    """`num_videos` scenes of `split`, deterministic from `seed` (each split uses its own stream)."""
+    rng = np.random.default_rng([seed, {"train": 0, "heldout": 1, "any": 3}.get(split, 1)])
     for index in range(num_videos):
         yield sample_scene(rng, split, index)
 
