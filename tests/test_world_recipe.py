@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import transformers_videollama  # noqa: F401  (registers the Auto classes)
@@ -80,3 +81,5 @@ def test_frame_encoder_starts_from_a_2d_sincos_patch_code():
     assert torch.equal(grid[0, :, :64], grid[0, :1, :64].expand(8, 64))  # same row -> same first half
     assert torch.equal(grid[:, 0, 64:], grid[:1, 0, 64:].expand(8, 64))  # same column -> same second half
     assert torch.allclose(grid[0, 0], torch.cat([torch.zeros(32), torch.ones(32)] * 2))  # sin 0, cos 0
+    with pytest.raises(ValueError, match="divisible by 4"):
+        _recipe_module().sincos_position_embedding(130, 8)

@@ -13,10 +13,12 @@ training entry point (`examples/train_videollama.py`) and the paper's freezing p
  3. stand-ins, each trained on its own:
       LLaMA          a small causal LM on world conversations in which the media are *written out as text*, one
                      word per query token ("<Video> red circle left and blue square still none </Video>"): it learns
-                     the language and to answer from what the prompt says the video shows, as a pretrained LLM can
-      EVA-CLIP + BLIP-2 Q-Former   the frame encoder: ViT + Q-Former queries trained on single images of the whole
-                     world (every colour-shape pair, as EVA-CLIP has seen them all) to tell each object's colour,
-                     shape and position, as BLIP-2's queries summarise an image
+                     the language and to answer from what the prompt says the video shows, as a pretrained LLM can;
+                     first on training-split scenes, then on the whole world (see `train_language_model`)
+      EVA-CLIP + BLIP-2 Q-Former   the frame encoder: ViT (patch positions start as a 2-D sin-cos code) +
+                     Q-Former queries trained on single images of the whole world (every colour-shape pair, as
+                     EVA-CLIP has seen them all) to tell each object's colour, shape and position, as BLIP-2's
+                     queries summarise an image
       ImageBind audio  the audio trunk: 2-second log-mel clips -> sound class
  4. assemble     `VideoLlamaForConditionalGeneration` from the stand-ins + fresh video/audio Q-Formers, frame/clip
                  position embeddings (frame order as a ramp) and projections (scaled to the LLM's embedding norm);
@@ -294,6 +296,8 @@ def frame_dataset(count: int, size: int, rng: np.random.Generator):
 def sincos_position_embedding(hidden: int, grid: int) -> torch.Tensor:
     """(1, 1 + grid², hidden): rows in the first half of the channels, columns in the second, sin and cos at
     `hidden // 4` frequencies each; zeros for the class token."""
+    if hidden % 4:
+        raise ValueError(f"the 2-D sin-cos patch code needs a vision hidden_size divisible by 4, got {hidden}")
     quarter = hidden // 4
     omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
     rows, cols = torch.meshgrid(
