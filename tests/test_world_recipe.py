@@ -83,3 +83,16 @@ def test_frame_encoder_starts_from_a_2d_sincos_patch_code():
     assert torch.allclose(grid[0, 0], torch.cat([torch.zeros(32), torch.ones(32)] * 2))  # sin 0, cos 0
     with pytest.raises(ValueError, match="divisible by 4"):
         _recipe_module().sincos_position_embedding(130, 8)
+
+
+def test_recipe_refuses_query_counts_that_do_not_match_the_media_text(tmp_path, capsys):
+    recipe = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())
+    recipe["model"]["video_qformer"]["num_query_tokens"] = 16
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe_module().main(["--output", str(tmp_path / "run"), "--recipe", str(path), "--smoke"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "need 8 / 4 query tokens" in err and "got 16 / 4" in err
+    assert not (tmp_path / "run").exists()  # refused before any work

@@ -94,7 +94,6 @@ class Timer:
 
 MEDIA_WORDS = 8  # = the video Q-Former's query count: one word of the media text per video query
 AUDIO_WORDS = 4  # = the audio Q-Former's query count
-MOTION_WORD = {"left": "left", "right": "right", "up": "up", "down": "down", "still": "still"}
 
 
 def media_text(scene: world.Scene) -> str:
@@ -107,7 +106,7 @@ def media_text(scene: world.Scene) -> str:
     """
     words: list[str] = []
     for k, obj in enumerate(scene.sorted_objects()):
-        words += ([] if k == 0 else ["and"]) + [obj.colour, obj.shape, MOTION_WORD[obj.motion]]
+        words += ([] if k == 0 else ["and"]) + [obj.colour, obj.shape, obj.motion]
     return _slots(words, MEDIA_WORDS)
 
 
@@ -635,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = cfg["seed"]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    queries = (cfg["model"]["video_qformer"]["num_query_tokens"], cfg["model"]["audio_qformer"]["num_query_tokens"])
+    if queries != (MEDIA_WORDS, AUDIO_WORDS):  # the LLM stand-in reads one media word per query token
+        parser.error(
+            f"{args.recipe}: the video / audio Q-Formers need {MEDIA_WORDS} / {AUDIO_WORDS} query tokens "
+            f"(one per word of the media text the LLM stand-in is trained on), got {queries[0]} / {queries[1]}"
+        )
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
@@ -673,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         [t for split in texts.values() for t, _ in split], vocab_size=cfg["tokenizer"]["vocab_size"]
     )
     sound_words = {w for text in world.SOUND_TEXT.values() for w in text.split()}
-    for word in ("and", "none", *world.COLOURS, *world.SHAPES, *MOTION_WORD.values(), *sound_words):
+    for word in ("and", "none", *world.COLOURS, *world.SHAPES, *world.MOTIONS, *sound_words):
         if len(tokenizer.tokenize(word)) != 1:  # the media text's words are one token each (one per query)
             message = f"the tokenizer splits the media word {word!r}; raise tokenizer.vocab_size"
             if not args.smoke:  # the smoke run's tiny text does not make every media word a token
