@@ -10,8 +10,10 @@ import pytest
 from _videollama_media import MEDIA, PREPROCESS, write_audio_only, write_empty_video, write_video
 
 from transformers_videollama.media_io_videollama import (
+    CorruptAudioError,
     MediaDecodeError,
     NoAudioTrackError,
+    _open,
     audio_clip_windows,
     decode_audio_track,
     probe_video,
@@ -103,6 +105,61 @@ def test_audio_track_is_decoded_at_native_rate_with_all_channels():
     assert track.waveform.shape == (2, 317440) and track.waveform.dtype == np.float32
     assert track.sample_rate == 44100
     assert resampled_length(317440, 44100, 16000) == 115171
+
+
+def _plain_pyav_decode(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        frames = [frame.to_ndarray() for frame in container.decode(stream)]
+        return np.concatenate(frames, axis=1).astype(np.float32), stream.codec_context.sample_rate
+
+
+def test_audio_decoding_equals_a_plain_pyav_decode(tmp_path):
+    # The reader opens audio-only (video frames are not decoded while probing) and collects the samples in an
+    # FFmpeg FIFO; neither may change a sample. s16 WAV frames are converted to float planes first.
+    expected, rate = _plain_pyav_decode(MEDIA / "dog_barking.mp4")
+    track = decode_audio_track(MEDIA / "dog_barking.mp4")
+    assert track.sample_rate == rate == 44100 and track.native_channels == 2
+    np.testing.assert_array_equal(track.waveform, expected)
+    wav = write_audio_only(tmp_path / "tone.wav", seconds=0.7, rate=22050)
+    track = decode_audio_track(wav)
+    samples, _ = _plain_pyav_decode(wav)
+    assert track.sample_rate == 22050 and track.waveform.shape == (1, 15434)
+    np.testing.assert_allclose(track.waveform, samples / 32768.0, rtol=0, atol=0)
+
+
+def test_audio_only_open_still_knows_the_audio_format():
+    container, _ = _open(MEDIA / "dog_barking.mp4", audio_only=True)
+    with container:
+        audio = container.streams.audio[0].codec_context
+        assert (audio.sample_rate, audio.channels, audio.format.name) == (44100, 2, "fltp")
+        assert container.streams.video[0].codec_context.width == 854  # from the container header, not a decode
+
+
+def _adts(rate, layout, seconds=0.5):
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=rate, layout=layout)
+        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(wave, 2 if layout == "stereo" else 1, 0), format="fltp", layout=layout
+        )
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_audio_whose_format_changes_mid_stream_is_a_clear_error(tmp_path):
+    # Two ADTS streams back to back: 16 kHz mono, then 44.1 kHz stereo. Concatenating their samples would mix
+    # rates and channels; the reader says what changed and where.
+    path = tmp_path / "joined.aac"
+    path.write_bytes(_adts(16000, "mono") + _adts(44100, "stereo"))
+    with pytest.raises(
+        CorruptAudioError,
+        match=r"joined\.aac' changes its format after \d+ frames \(16000 Hz mono -> 44100 Hz stereo\)",
+    ):
+        decode_audio_track(path)
 
 
 def test_clip_windows_match_pytorchvideo():

@@ -317,7 +317,7 @@ def _windowed_clips(path: Any, fe: VideoLlamaFeatureExtractor) -> torch.Tensor |
 
     from .media_io_videollama import _open, av  # local: only this long-file path needs the container internals
 
-    container, name = _open(path)
+    container, name = _open(path, audio_only=True)
     with container:
         if not container.streams.audio:
             raise NoAudioTrackError(f"Media input {name} has no audio track.")
@@ -368,7 +368,7 @@ def _probe_decoded_end(path: Any, stream_index: int, last_ts: int) -> int | None
     """Timestamp just past the last decoded sample of the stream (decodes only the last packets)."""
     from .media_io_videollama import _open
 
-    container, _ = _open(path)
+    container, _ = _open(path, audio_only=True)
     with container:
         stream = container.streams[stream_index]
         container.seek(last_ts - 8 * (stream.codec_context.frame_size or 1024), stream=stream, backward=True)
@@ -404,7 +404,7 @@ def _stream_windows(path: Any, spans_info, name: str):
     from .media_io_videollama import _open, av
 
     total_expected, spans = spans_info
-    container, _ = _open(path)
+    container, _ = _open(path, audio_only=True)
     buffers: list[list[np.ndarray]] = [[] for _ in spans]
     origin = None
     position = 0
