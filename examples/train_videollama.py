@@ -108,6 +108,14 @@ class VideoLlamaTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: the collator reads the raw record columns."}
     )
+    cache_frozen_encoders: bool = field(
+        default=False,
+        metadata={
+            "help": "Memoise the frozen EVA ViT + BLIP-2 Q-Former (per frame) and ImageBind audio trunk (per clip) "
+            "outputs across epochs (needs --train_augmentation False)."
+        },
+    )
+    cache_frozen_encoders_gb: float = field(default=4.0, metadata={"help": "Memory cap of that cache, in GB."})
 
 
 def _load_data(specs: list[str]) -> datasets.Dataset | None:
@@ -201,6 +209,14 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
     for param in model.parameters():  # master weights of what trains stay float32 (mixed precision via --bf16)
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    cache = None
+    if args.cache_frozen_encoders:
+        if data_args.train_augmentation:
+            raise ValueError(
+                "--cache_frozen_encoders needs --train_augmentation False: augmented frames differ every epoch, so "
+                "the cache would only fill memory"
+            )
+        cache = tv.cache_frozen_encoders(model, max_bytes=int(args.cache_frozen_encoders_gb * 1024**3))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     logger.info("stage %s: training %d of %d parameters (%s)", args.stage, n_train, n_total, ", ".join(trainable))
@@ -245,6 +261,9 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
             raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir!r}")
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
+    if cache is not None:
+        logger.info("frozen-encoder cache: %s", cache.stats())
+        metrics["frozen_encoder_cache"] = cache.stats()
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
     trainer.save_model()

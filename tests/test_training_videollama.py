@@ -206,3 +206,86 @@ def test_audio_stage_trains_the_audio_branch_on_frames(tmp_path, data):
     # a model without ImageBind's vision trunk is refused with the fix in the message
     with pytest.raises(ValueError, match="--with-imagebind-vision"):
         run_training(_args(make_model_dir(tmp_path / "plain"), data, tmp_path / "o2", "--stage", "audio-stage1"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Memoised frozen encoders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_frozen_encoder_cache_serves_what_the_encoders_compute():
+    from _videollama_training import tiny_training_config
+
+    from transformers_videollama import cache_frozen_encoders
+
+    torch.manual_seed(0)
+    model = VideoLlamaForConditionalGeneration(tiny_training_config()).eval()
+    freeze_for_training(model, load_training_preset("vision-stage2")["trainable_modules"])
+    inner = model.model
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(2, 3, 3, size, size)
+    clips = torch.randn(2, 2, 1, 128, 204)
+    expected_frames, _ = inner._frame_query_tokens(pixels)
+    expected_audio = inner.get_audio_features(clips).pooler_output
+
+    cache = cache_frozen_encoders(model)
+    for _ in range(2):
+        frames, _ = inner._frame_query_tokens(pixels)
+        torch.testing.assert_close(frames, expected_frames, rtol=0, atol=1e-6)
+        torch.testing.assert_close(inner.get_audio_features(clips).pooler_output, expected_audio, rtol=0, atol=1e-6)
+    stats = cache.stats()
+    assert stats["frames"] == {"hits": 6, "misses": 6} and stats["audio"] == {"hits": 4, "misses": 4}
+    assert stats["entries"] == 10 and stats["bytes"] > 0
+
+    # keyed by content: one changed frame is the only miss, and it gets its own (new) output
+    changed = pixels.clone()
+    changed[1, 2] = torch.randn(3, size, size)
+    frames, _ = inner._frame_query_tokens(changed)
+    assert cache.stats()["frames"] == {"hits": 11, "misses": 7}
+    cache.remove()
+    fresh, _ = inner._frame_query_tokens(changed)
+    torch.testing.assert_close(frames, fresh, rtol=0, atol=1e-6)
+    assert "_encode_frames" not in inner.__dict__  # the model's own methods are back
+
+    # a full cache stops growing and still answers correctly
+    small = cache_frozen_encoders(model, max_bytes=1)
+    frames, _ = inner._frame_query_tokens(pixels)
+    torch.testing.assert_close(frames, expected_frames, rtol=0, atol=1e-6)
+    assert small.stats()["entries"] == 0
+    small.remove()
+
+
+def test_frozen_encoder_cache_leaves_training_encoders_alone():
+    from _videollama_training import tiny_training_config
+
+    from transformers_videollama import cache_frozen_encoders
+
+    model = VideoLlamaForConditionalGeneration(tiny_training_config())
+    freeze_for_training(model, ["audio_tower", "audio_qformer"])  # the audio trunk trains: only frames are cached
+    cache = cache_frozen_encoders(model)
+    assert "_encode_frames" in model.model.__dict__ and "_encode_audio_clips" not in model.model.__dict__
+    cache.remove()
+    freeze_for_training(model, ["vision_tower", "audio_tower"])
+    with pytest.raises(ValueError, match=r"no frozen encoder to cache: frames \(vision_tower trains\); audio"):
+        cache_frozen_encoders(model)
+
+
+def test_training_with_cached_encoders_equals_training_without(tmp_path):
+    data = make_dataset(tmp_path / "data", num_records=4, with_image=False, with_audio=True)
+    model_dir = make_model_dir(tmp_path / "model")
+    common = ["--stage", "vision-stage2", "--num_train_epochs", "3", "--learning_rate", "1e-2",
+              "--train_augmentation", "false", "--dataloader_num_workers", "0"]  # fmt: skip
+    plain = run_training(_args(model_dir, data, tmp_path / "plain", *common))
+    cached = run_training(_args(model_dir, data, tmp_path / "cached", *common, "--cache_frozen_encoders", "true"))
+    assert _train_losses(cached) == pytest.approx(_train_losses(plain), abs=1e-5)
+    a, b = trainable_state(plain), trainable_state(cached)
+    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)
+    stats = json.loads((tmp_path / "cached" / "train_summary.json").read_text())["metrics"]["frozen_encoder_cache"]
+    # 4 videos x 4 frames and 4 audios x 8 clips a epoch: each distinct input is computed once, in the first epoch
+    # (identical frames / clips, e.g. the same 1 s tone in every video, only once), and served in the next two
+    frames, audio = stats["frames"], stats["audio"]
+    assert frames["hits"] + frames["misses"] == 48 and frames["hits"] >= 32
+    assert audio["hits"] + audio["misses"] == 96 and audio["hits"] >= 64
+    assert frames["misses"] + audio["misses"] == stats["entries"]
+    with pytest.raises(ValueError, match="--cache_frozen_encoders needs --train_augmentation False"):
+        run_training(_args(model_dir, data, tmp_path / "bad", "--cache_frozen_encoders", "true"))

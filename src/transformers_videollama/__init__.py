@@ -39,8 +39,10 @@ from .modeling_videollama import (
 from .pipeline_videollama import VideoLlamaChat, VideoTextToTextPipeline
 from .processing_videollama import VideoLlamaProcessor, build_videollama_tokenizer, train_videollama_tokenizer
 from .training_videollama import (
+    FrozenEncoderCache,
     VideoLlamaTrainer,
     available_training_presets,
+    cache_frozen_encoders,
     caption_prompts,
     freeze_for_training,
     load_training_preset,
@@ -91,12 +93,14 @@ __all__ = [
     "VideoLlamaPreTrainedModel",
     "VideoLlamaProcessor",
     "VideoLlamaQFormerConfig",
+    "FrozenEncoderCache",
     "VideoLlamaTrainer",
     "VideoLlamaVideoProcessor",
     "VideoLlamaVisionConfig",
     "VideoTextToTextPipeline",
     "available_presets",
     "available_training_presets",
+    "cache_frozen_encoders",
     "build_videollama_tokenizer",
     "train_videollama_tokenizer",
     "caption_prompts",

@@ -14,6 +14,10 @@ Everything else (EVA ViT, BLIP-2 Q-Former, ImageBind trunks, the LLM) is frozen,
 overrides the list. Entirely frozen sub-modules are kept in eval mode while training (no dropout in the frozen
 BLIP-2 Q-Former), as the original's `disabled_train` did.
 
+Frozen encoders see the same frames and clips every epoch when training augmentation is off; `cache_frozen_encoders`
+memoises their outputs (keyed by the content of each frame / clip), so later epochs skip the EVA ViT, the BLIP-2
+Q-Former and the ImageBind audio trunk.
+
 PEFT: `lora_config(...)` targets the LLM's attention and MLP projections and optionally the Q-Formers' attention;
 the stage's fully trained modules (Q-Former, positions, projection) go in `modules_to_save`, so one adapter folder
 holds everything a stage changed.
@@ -21,9 +25,11 @@ holds everything a stage changed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,10 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "LLM_LORA_TARGETS",
     "QFORMER_LORA_TARGETS",
+    "FrozenEncoderCache",
     "VideoLlamaTrainer",
     "available_training_presets",
+    "cache_frozen_encoders",
     "caption_prompts",
     "freeze_for_training",
     "keep_frozen_modules_in_eval",
@@ -141,6 +149,126 @@ def keep_frozen_modules_in_eval(model: nn.Module) -> None:
                 child.eval()
 
     base._videollama_eval_hook = base.register_forward_pre_hook(hook)
+
+
+class FrozenEncoderCache:
+    """Memoised outputs of Video-LLaMA's frozen encoders, one entry per frame or audio clip, keyed by its content.
+
+    The paper's stages train only the video/audio Q-Formers, positions and projections; the EVA ViT + BLIP-2 Q-Former
+    (per frame) and the ImageBind audio trunk (per clip) are frozen, so without augmentation they compute the same
+    outputs for the same media every epoch. Each frame / clip is keyed by a BLAKE2b digest of its bytes, shape and
+    dtype: a changed input can never be served a stale output, and an identical frame in two videos is computed once.
+    Only encoders without trainable parameters are memoised, and only while in eval mode (no dropout); misses run
+    under `torch.no_grad()` (nothing upstream of a frozen encoder trains). When the stored outputs reach `max_bytes`
+    no new entry is added (a warning says so) and misses are computed every time.
+
+    Install with `cache_frozen_encoders(model)`; `remove()` restores the model's own methods. `stats()` counts hits.
+    """
+
+    _METHODS = {
+        "frames": ("_encode_frames", ("vision_tower", "qformer")),
+        "audio": ("_encode_audio_clips", ("audio_tower",)),
+    }
+
+    def __init__(self, model: nn.Module, max_bytes: int = 4 * 1024**3):
+        inner = getattr(_base_model(model), "model", None)
+        if inner is None or not hasattr(inner, "_encode_frames"):
+            raise TypeError(f"cache_frozen_encoders needs a Video-LLaMA model, got {type(model).__name__}")
+        self.inner, self.max_bytes, self.bytes = inner, int(max_bytes), 0
+        self._store: dict[bytes, torch.Tensor] = {}
+        self._counts = {kind: {"hits": 0, "misses": 0} for kind in self._METHODS}
+        self._installed: list[str] = []
+        self._full_warned = False
+        skipped = []
+        for kind, (method, modules) in self._METHODS.items():
+            blocks = [getattr(inner, name) for name in modules if hasattr(inner, name)]
+            if len(blocks) != len(modules):
+                continue  # e.g. no audio branch
+            trainable = [n for n, b in zip(modules, blocks) if any(p.requires_grad for p in b.parameters())]
+            if trainable:
+                skipped.append(f"{kind} ({', '.join(trainable)} trains)")
+                continue
+            setattr(inner, method, self._memoised(kind, getattr(inner, method), blocks))
+            self._installed.append(method)
+        if not self._installed:
+            raise ValueError(
+                "cache_frozen_encoders: no frozen encoder to cache: "
+                + "; ".join(skipped)
+                + ". Their outputs change every step; freeze them (the paper's stages do) or do not cache."
+            )
+        if skipped:
+            logger.info("cache_frozen_encoders: not caching %s", "; ".join(skipped))
+
+    def _memoised(self, kind: str, compute: Callable, blocks: list[nn.Module]) -> Callable:
+        # frames: (M, 3, H, W) -> (M, Q, D), one entry per frame; audio: (N, S, 1, mel, time) -> (N, S, P), per clip
+        per_item_dims = 1 if kind == "frames" else 2
+
+        def cached(inputs: torch.Tensor) -> torch.Tensor:
+            if any(block.training for block in blocks):
+                return compute(inputs)
+            items = inputs.reshape(-1, *inputs.shape[per_item_dims:])
+            keys = [_content_key(kind, item) for item in items]
+            # each distinct missing input computed once (identical frames / clips in a batch share one output)
+            missing = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in self._store}.items())
+            fresh: dict[bytes, torch.Tensor] = {}
+            if missing:
+                index = torch.tensor([i for _, i in missing], device=inputs.device)
+                with torch.no_grad():
+                    if kind == "frames":
+                        outputs = compute(items.index_select(0, index))
+                    else:  # the trunk takes (N, S, ...): the missing clips as one audio of len(missing) clips
+                        outputs = compute(items.index_select(0, index)[None])[0]
+                for (key, _), output in zip(missing, outputs):
+                    fresh[key] = output
+                    self._add(key, output)
+            self._counts[kind]["hits"] += len(keys) - len(missing)
+            self._counts[kind]["misses"] += len(missing)
+            stacked = torch.stack([fresh[key] if key in fresh else self._store[key] for key in keys])
+            return stacked.reshape(*inputs.shape[:per_item_dims], *stacked.shape[1:])
+
+        return cached
+
+    def _add(self, key: bytes, output: torch.Tensor) -> None:
+        size = output.numel() * output.element_size()
+        if self.bytes + size > self.max_bytes:
+            if not self._full_warned:
+                logger.warning(
+                    "cache_frozen_encoders: the cache is full (%.2f GB); further frames/clips are computed every time",
+                    self.bytes / 1024**3,
+                )
+                self._full_warned = True
+            return
+        self._store[key] = output.detach().clone()  # own storage (not a view keeping the whole batch alive)
+        self.bytes += size
+
+    def stats(self) -> dict[str, Any]:
+        """Hits and misses per encoder, entries and bytes held."""
+        return {**{k: dict(v) for k, v in self._counts.items()}, "entries": len(self._store), "bytes": self.bytes}
+
+    def remove(self) -> None:
+        """Restore the model's own encoder methods and drop the stored outputs."""
+        for method in self._installed:
+            self.inner.__dict__.pop(method, None)
+        self._installed, self._store, self.bytes = [], {}, 0
+
+
+def _content_key(kind: str, item: torch.Tensor) -> bytes:
+    data = item.detach().contiguous()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    digest = hashlib.blake2b(data.view(torch.uint8).numpy().data, digest_size=20)
+    digest.update(f"{kind}|{tuple(item.shape)}|{item.dtype}".encode())
+    return digest.digest()
+
+
+def cache_frozen_encoders(model: nn.Module, max_bytes: int = 4 * 1024**3) -> FrozenEncoderCache:
+    """Memoise the frozen frame encoder and audio trunk of `model` (a Video-LLaMA, PEFT-wrapped or not) while training.
+
+    Call it after freezing (`freeze_for_training`): encoders that train are left alone, and if none is frozen it
+    raises. Worth it when the same media come back every epoch (no training augmentation): later epochs then run
+    only what trains. Returns the `FrozenEncoderCache` (see its `stats()` and `remove()`).
+    """
+    return FrozenEncoderCache(model, max_bytes=max_bytes)
 
 
 def lora_config(

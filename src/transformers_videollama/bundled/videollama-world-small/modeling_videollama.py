@@ -200,14 +200,29 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
             )
         pixel_values = pixel_values_videos.flatten(0, 1).to(self.vision_tower.embeddings.patch_embedding.weight.dtype)
 
-        # 1. EVA ViT-g (+ ln_vision) on every frame: (N*T, 3, H, W) -> (N*T, 1 + P, Dv)
-        frame_features = self.vision_tower(pixel_values=pixel_values).last_hidden_state
-        # 2. BLIP-2 Q-Former per frame: (N*T, 1 + P, Dv) -> (N*T, Q, Dq)
-        frame_queries = self.qformer(encoder_hidden_states=frame_features).last_hidden_state
+        # 1-2. EVA ViT-g + BLIP-2 Q-Former on every frame: (N*T, 3, H, W) -> (N*T, Q, Dq)
+        frame_queries = self._encode_frames(pixel_values)
         # 3. + frame position embedding, broadcast over the queries: (N, T, Q, Dq)
         positions = self.video_position_embedding(torch.arange(num_frames, device=frame_queries.device))  # (T, Dq)
         frame_queries = frame_queries.view(num_videos, num_frames, *frame_queries.shape[1:]) + positions[:, None]
         return frame_queries, positions
+
+    def _encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen image path, per frame: (M, 3, H, W) -> BLIP-2 Q-Former queries (M, Q, Dq).
+
+        One method for both frozen networks so that training can memoise it (`cache_frozen_encoders`).
+        """
+        # 1. EVA ViT-g (+ ln_vision): (M, 3, H, W) -> (M, 1 + P, Dv)
+        frame_features = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        # 2. BLIP-2 Q-Former: (M, 1 + P, Dv) -> (M, Q, Dq)
+        return self.qformer(encoder_hidden_states=frame_features).last_hidden_state
+
+    def _encode_audio_clips(self, input_values: torch.Tensor) -> torch.Tensor:
+        """The frozen ImageBind audio trunk, per clip: (N, S, 1, mel, time) -> joint-space embeddings (N, S, P).
+
+        A method of its own so that training can memoise it (`cache_frozen_encoders`).
+        """
+        return self.audio_tower(input_values=input_values).embeds
 
     def _frames_mask(self, video_frames_mask: torch.Tensor | None, num_queries: int) -> torch.Tensor | None:
         """(N, T) frame mask -> (N, T*Q) key mask for the video Q-Former (padded frames are never attended)."""
@@ -292,7 +307,7 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
                 f"got {tuple(input_values.shape)}"
             )
         # 1. ImageBind audio trunk per clip -> joint-space embedding: (N, S, 1, 128, 204) -> (N, S, P)
-        clip_embeds = self.audio_tower(input_values=input_values).embeds
+        clip_embeds = self._encode_audio_clips(input_values)
         # 2-4. + clip position -> audio Q-Former -> projection: (N, S, P) -> (N, Qa, D_text)
         return self._audio_query_features(clip_embeds)
 
