@@ -593,6 +593,7 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--train_data", f"jsonl:{data}",
         "--prompt_format", "chat_template",
         "--train_augmentation", "False",
+        "--cache_frozen_encoders", "True",  # the frozen encoders see the same frames / clips every epoch
         "--max_length", "512",
         "--output_dir", str(out),
         "--per_device_train_batch_size", str(cfg["batch_size"]),
