@@ -35,8 +35,11 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "recipe_summary.json").read_text())
     assert summary["smoke"] is True
-    assert {"world", "tokenizer", "assemble", "stage 1", "stage 2", "evaluate", "bundle"} <= set(summary["seconds"])
-    assert set(summary["parallel_seconds"]) == {"language model", "frame encoder", "audio trunk"}
+    assert {"world scenes (text)", "tokenizer", "assemble", "stage 1", "stage 2", "evaluate", "bundle"} <= set(
+        summary["seconds"]
+    )
+    assert set(summary["parallel_seconds"]) == {"language model", "frame encoder", "audio trunk", "world videos"}
+    assert summary["metrics"]["stage2"]["frozen_encoder_cache"]["frames"]["hits"] > 0  # stage 2 ran >1 epoch
     for stage in ("stage1", "stage2"):
         assert summary["metrics"][stage]["final_loss"] is not None
     # the LLM stand-in is probed on text (media written out) per question type and object count

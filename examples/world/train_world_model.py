@@ -221,8 +221,14 @@ def train_language_model(
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
         schedule = _warmup_cosine(optimizer, steps)
         rng = random.Random(seed + phase)
+        # Each batch is drawn from one of 4 equal length buckets (every text stays equally likely): short documents
+        # (~40 tokens) and demo prompts (~150) no longer share a batch padded to the longest
+        by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+        buckets = [by_length[k * len(by_length) // 4 : (k + 1) * len(by_length) // 4] for k in range(4)]
+        buckets = [bucket for bucket in buckets if bucket]
         for step in range(steps):
-            batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg["batch_size"])]
+            bucket = buckets[rng.randrange(len(buckets))]
+            batch = [encoded[bucket[rng.randrange(len(bucket))]] for _ in range(cfg["batch_size"])]
             length = max(len(seq) for seq, _ in batch)
             ids = torch.full((len(batch), length), tokenizer.pad_token_id)
             labels = torch.full((len(batch), length), -100)
@@ -486,6 +492,14 @@ def _encoders_job(config: dict, cfg: dict, path: Path) -> tuple[dict, dict]:
     return metrics, seconds
 
 
+def _world_job(folder: str, world_cfg: dict, seed: int) -> float:
+    """Step 1's videos: the training split and the held-out split as mp4 files (H.264 + AAC)."""
+    start = _job_setup()
+    world.generate_split(Path(folder) / "train", "train", world_cfg["train_videos"], seed)
+    world.generate_split(Path(folder) / "heldout", "heldout", world_cfg["heldout_videos"], seed)
+    return round(time.perf_counter() - start, 1)
+
+
 # -- 4. assembly --------------------------------------------------------------------------------------------------
 
 
@@ -606,7 +620,7 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--save_strategy", "no",
         "--report_to", "none",
         "--seed", str(seed),
-        "--dataloader_num_workers", "1",
+        "--dataloader_num_workers", "2",  # with the encoders cached, decoding the batches is the slower half
         "--use_cpu", "True",
         "--disable_tqdm", "True",
     ]  # fmt: skip
@@ -614,7 +628,13 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]
     final = losses[-1] if losses else next((e["train_loss"] for e in history if "train_loss" in e), None)
-    return {"first_loss": round(losses[0], 4) if losses else None, "final_loss": round(final, 4) if final else None}
+    cache = json.loads((out / "train_summary.json").read_text())["metrics"].get("frozen_encoder_cache")
+    return {
+        "first_loss": round(losses[0], 4) if losses else None,
+        "final_loss": round(final, 4) if final else None,
+        "seconds": round(trainer.state.log_history[-1].get("train_runtime", 0.0), 1),
+        "frozen_encoder_cache": cache,
+    }
 
 
 # -- main ---------------------------------------------------------------------------------------------------------
@@ -646,18 +666,13 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer()
     summary: dict = {"recipe": cfg, "smoke": args.smoke, "metrics": {}}
 
-    # 1. world
-    world.generate_split(out / "world" / "train", "train", cfg["world"]["train_videos"], seed)
-    world.generate_split(out / "world" / "heldout", "heldout", cfg["world"]["heldout_videos"], seed)
-    train_scenes = [
-        world.Scene(**_scene_kwargs(line)) for line in _read_jsonl(out / "world" / "train" / "scenes.jsonl")
-    ]
+    # 1. world: the scenes the LLM stand-in reads about (its videos are written in step 3, beside the stand-ins)
     lm_cfg = cfg["lm"]
     text_scenes = {  # the LLM stand-in's curriculum: training-split scenes, then the whole world
         split: language_model_scenes(split, cfg["world"]["lm_scenes"], lm_cfg["two_object_fraction"], seed + k)
         for k, split in ((1, "train"), (11, "any"))
     }
-    timer.lap("world")
+    timer.lap("world scenes (text)")
 
     # 2. tokenizer, trained on the world's text as the inference template renders it
     bootstrap = build_processor(
@@ -701,12 +716,18 @@ def main(argv: list[str] | None = None) -> int:
         ]
         lm_job = pool.submit(_language_model_job, phases, str(out / "processor"), cfg, out / "lm.safetensors")
         encoders_job = pool.submit(_encoders_job, config.to_dict(), cfg, out / "encoders.safetensors")
+        # the world's videos: written by whichever process is free first (the encoders finish well before the LLM)
+        world_job = pool.submit(_world_job, str(out / "world"), cfg["world"], seed)
         encoder_metrics, encoder_seconds = encoders_job.result()
+        world_seconds = world_job.result()
         lm_seconds, lm_text = lm_job.result()
     summary["metrics"].update(encoder_metrics)
     summary["metrics"]["language_model_text_accuracy"] = lm_text
-    summary["parallel_seconds"] = {"language model": lm_seconds, **encoder_seconds}
-    timer.lap("stand-ins (language model | frame encoder + audio trunk)")
+    summary["parallel_seconds"] = {"language model": lm_seconds, **encoder_seconds, "world videos": world_seconds}
+    timer.lap("stand-ins + world videos (language model | frame encoder, audio trunk, world videos)")
+    train_scenes = [
+        world.Scene(**_scene_kwargs(line)) for line in _read_jsonl(out / "world" / "train" / "scenes.jsonl")
+    ]
 
     # 4. assemble and save (the stand-ins frozen from here on)
     torch.manual_seed(seed)
