@@ -221,14 +221,8 @@ def train_language_model(
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
         schedule = _warmup_cosine(optimizer, steps)
         rng = random.Random(seed + phase)
-        # Each batch is drawn from one of 4 equal length buckets (every text stays equally likely): short documents
-        # (~40 tokens) and demo prompts (~150) no longer share a batch padded to the longest
-        by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-        buckets = [by_length[k * len(by_length) // 4 : (k + 1) * len(by_length) // 4] for k in range(4)]
-        buckets = [bucket for bucket in buckets if bucket]
         for step in range(steps):
-            bucket = buckets[rng.randrange(len(buckets))]
-            batch = [encoded[bucket[rng.randrange(len(bucket))]] for _ in range(cfg["batch_size"])]
+            batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg["batch_size"])]
             length = max(len(seq) for seq, _ in batch)
             ids = torch.full((len(batch), length), tokenizer.pad_token_id)
             labels = torch.full((len(batch), length), -100)
