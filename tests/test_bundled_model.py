@@ -21,7 +21,7 @@ from transformers_videollama import world_videollama as world
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "src" / "transformers_videollama" / "bundled" / "videollama-world-small"
-BOUNDS = {"sound": 0.90, "no_sound": 0.90, "count": 0.95, "colour": 0.75, "shape": 0.90, "motion": 0.35}
+BOUNDS = {"sound": 0.90, "no_sound": 0.90, "count": 0.95, "colour": 0.85, "shape": 0.90, "motion": 0.45}
 
 
 @pytest.fixture(scope="module")

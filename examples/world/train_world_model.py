@@ -615,6 +615,7 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--report_to", "none",
         "--seed", str(seed),
         "--dataloader_num_workers", "2",  # with the encoders cached, decoding the batches is the slower half
+        "--dataloader_persistent_workers", "True",
         "--use_cpu", "True",
         "--disable_tqdm", "True",
     ]  # fmt: skip
