@@ -141,3 +141,36 @@ def test_chat_template_format_refuses_what_it_cannot_render(processor, world_vid
     }
     with pytest.raises(ValueError, match="no audio track"):
         collator.encode(record)  # the record asks for a sound track the file does not have
+
+
+def test_chat_template_renderings_are_kept_per_what_the_template_reads(processor, world_videos):
+    # Rendering the chat template was ~35 % of collating a batch; the collator keeps each record's rendered ids and
+    # labels, keyed by what the template reads (texts, block types, timestamp sentence, audio decisions).
+    out, scene = world_videos
+    video = str(out / "videos" / f"{scene['id']}.mp4")
+    record = {
+        "video": video,
+        "audio": True,
+        "conversations": [
+            {"from": "human", "value": "What colour is the object?"},
+            {"from": "gpt", "value": "red"},
+        ],
+    }
+    collator = tv.VideoLlamaDataCollator(processor, prompt_format="chat_template")
+    first, again = collator.encode(record), collator.encode(dict(record))
+    assert (again.input_ids, again.labels, again.text) == (first.input_ids, first.labels, first.text)
+    assert len(collator._rendered) == 1
+    fresh = tv.VideoLlamaDataCollator(processor, prompt_format="chat_template").encode(record)
+    assert (fresh.input_ids, fresh.labels, fresh.text) == (first.input_ids, first.labels, first.text)
+    # without the sound, and for a video of another length and frame rate (another timestamp sentence): new texts
+    mute = collator.encode(dict(record, audio=False))
+    other = world.Scene(objects=[world.SceneObject("red", "circle", "left", (0.7, 0.5), 0.3)], sound=None)
+    other.fps, other.duration = 15, 2.0
+    slower = collator.encode(dict(record, audio=False, video=str(world.write_video(other, out / "fps15.mp4"))))
+    assert len(collator._rendered) == 3
+    assert "<AudioHere>" not in mute.text and mute.text != slower.text
+    assert processor.video_processor.load(video).metadata.fps != processor.video_processor.load(
+        str(out / "fps15.mp4")
+    ).metadata.fps
+    for encoded in (mute, slower):
+        assert len(encoded.videos) == 1 and encoded.audios == []
