@@ -169,8 +169,9 @@ def test_chat_template_renderings_are_kept_per_what_the_template_reads(processor
     slower = collator.encode(dict(record, audio=False, video=str(world.write_video(other, out / "fps15.mp4"))))
     assert len(collator._rendered) == 3
     assert "<AudioHere>" not in mute.text and mute.text != slower.text
-    assert processor.video_processor.load(video).metadata.fps != processor.video_processor.load(
-        str(out / "fps15.mp4")
-    ).metadata.fps
+    assert (
+        processor.video_processor.load(video).metadata.fps
+        != processor.video_processor.load(str(out / "fps15.mp4")).metadata.fps
+    )
     for encoded in (mute, slower):
         assert len(encoded.videos) == 1 and encoded.audios == []
