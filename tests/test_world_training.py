@@ -144,7 +144,7 @@ def test_chat_template_format_refuses_what_it_cannot_render(processor, world_vid
 
 
 def test_chat_template_renderings_are_kept_per_what_the_template_reads(processor, world_videos):
-    # Rendering the chat template was ~35 % of collating a batch; the collator keeps each record's rendered ids and
+    # Rendering the chat template is ~20 % of collating a batch; the collator keeps each record's rendered ids and
     # labels, keyed by what the template reads (texts, block types, timestamp sentence, audio decisions).
     out, scene = world_videos
     video = str(out / "videos" / f"{scene['id']}.mp4")
