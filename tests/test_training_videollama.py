@@ -247,6 +247,14 @@ def test_frozen_encoder_cache_serves_what_the_encoders_compute():
     torch.testing.assert_close(frames, fresh, rtol=0, atol=1e-6)
     assert "_encode_frames" not in inner.__dict__  # the model's own methods are back
 
+    # encoders in training mode (dropout on) are run, never served nor stored
+    cache = cache_frozen_encoders(model)
+    model.train()
+    inner._frame_query_tokens(pixels)
+    assert cache.stats()["frames"] == {"hits": 0, "misses": 0} and cache.stats()["entries"] == 0
+    model.eval()
+    cache.remove()
+
     # a full cache stops growing and still answers correctly
     small = cache_frozen_encoders(model, max_bytes=1)
     frames, _ = inner._frame_query_tokens(pixels)

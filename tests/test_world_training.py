@@ -75,19 +75,18 @@ def processor(tokenizer):
     )
 
 
+def _colour_record(video: str, *more_turns: dict) -> dict:
+    """A training record about `video` with its sound: "What colour is the object?" -> "red", then `more_turns`."""
+    turns = [{"from": "human", "value": "What colour is the object?"}, {"from": "gpt", "value": "red"}]
+    return {"video": video, "audio": True, "conversations": turns + list(more_turns)}
+
+
 def test_chat_template_format_trains_on_the_inference_prompt(tokenizer, processor, world_videos):
     out, scene = world_videos
     video = str(out / "videos" / f"{scene['id']}.mp4")
-    record = {
-        "video": video,
-        "audio": True,
-        "conversations": [
-            {"from": "human", "value": "What colour is the object?"},
-            {"from": "gpt", "value": "red"},
-            {"from": "human", "value": "What do you hear?"},
-            {"from": "gpt", "value": "a high tone"},
-        ],
-    }
+    record = _colour_record(
+        video, {"from": "human", "value": "What do you hear?"}, {"from": "gpt", "value": "a high tone"}
+    )
     collator = tv.VideoLlamaDataCollator(processor, prompt_format="chat_template")
     encoded = collator.encode(record)
     # the text up to the first answer is exactly the prompt the processor renders for the same request
@@ -148,14 +147,7 @@ def test_chat_template_renderings_are_kept_per_what_the_template_reads(processor
     # labels, keyed by what the template reads (texts, block types, timestamp sentence, audio decisions).
     out, scene = world_videos
     video = str(out / "videos" / f"{scene['id']}.mp4")
-    record = {
-        "video": video,
-        "audio": True,
-        "conversations": [
-            {"from": "human", "value": "What colour is the object?"},
-            {"from": "gpt", "value": "red"},
-        ],
-    }
+    record = _colour_record(video)
     collator = tv.VideoLlamaDataCollator(processor, prompt_format="chat_template")
     first, again = collator.encode(record), collator.encode(dict(record))
     assert (again.input_ids, again.labels, again.text) == (first.input_ids, first.labels, first.text)

@@ -8,7 +8,8 @@ No pretrained weights can be downloaded where this package is built, so the reci
 stand-in for each pretrained part Video-LLaMA starts from, then runs the paper's two stages with the package's own
 training entry point (`examples/train_videollama.py`) and the paper's freezing policy:
 
- 1. world        training videos (mp4, H.264 + AAC) and a held-out split  (`transformers_videollama.world_videollama`)
+ 1. world        training videos (mp4, H.264 + AAC) and a held-out split  (`transformers_videollama.world_videollama`);
+                 the scenes first, their mp4 files in step 3 by whichever stand-in process is free first
  2. tokenizer    BPE on the world's text with LLaMA's conventions          (`train_videollama_tokenizer`)
  3. stand-ins, each trained on its own:
       LLaMA          a small causal LM on world conversations in which the media are *written out as text*, one
@@ -177,10 +178,15 @@ def language_model_scenes(split: str, count: int, two_object_fraction: float, se
     Two-object questions ("What colour is the cross?") need the LLM to bind each attribute to its shape, which a
     2-layer LM learns late; the world's own 30 % of two-object scenes leave it at ~65 % on them, 70 % gives ~85 %.
     """
-    pool = list(world.iter_scenes(split, count * 4, seed))
-    two = [s for s in pool if len(s.objects) == 2][: round(count * two_object_fraction)]
-    one = [s for s in pool if len(s.objects) == 1][: count - len(two)]
-    scenes = two + one
+    wanted = round(count * two_object_fraction)
+    two: list[world.Scene] = []
+    one: list[world.Scene] = []
+    for scene in world.iter_scenes(split, count * 4, seed):  # drawn only until both quotas are filled
+        (two if len(scene.objects) == 2 else one).append(scene)
+        if len(two) >= wanted and len(one) >= count - wanted:
+            break
+    two = two[:wanted]
+    scenes = two + one[: count - len(two)]
     random.Random(seed).shuffle(scenes)
     return scenes
 

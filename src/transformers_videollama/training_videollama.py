@@ -209,16 +209,19 @@ class FrozenEncoderCache:
             items = inputs.reshape(-1, *inputs.shape[per_item_dims:])
             keys = [_content_key(kind, item) for item in items]
             # each distinct missing input computed once (identical frames / clips in a batch share one output)
-            missing = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in self._store}.items())
+            missing: dict[bytes, int] = {}  # key -> its first position in the batch
+            for i, key in enumerate(keys):
+                if key not in self._store and key not in missing:
+                    missing[key] = i
             fresh: dict[bytes, torch.Tensor] = {}
             if missing:
-                index = torch.tensor([i for _, i in missing], device=inputs.device)
+                index = torch.tensor(list(missing.values()), device=inputs.device)
                 with torch.no_grad():
                     if kind == "frames":
                         outputs = compute(items.index_select(0, index))
                     else:  # the trunk takes (N, S, ...): the missing clips as one audio of len(missing) clips
                         outputs = compute(items.index_select(0, index)[None])[0]
-                for (key, _), output in zip(missing, outputs):
+                for key, output in zip(missing, outputs):
                     fresh[key] = output
                     self._add(key, output)
             self._counts[kind]["hits"] += len(keys) - len(missing)
