@@ -116,6 +116,13 @@ class VideoLlamaTrainingArguments(TrainingArguments):
         },
     )
     cache_frozen_encoders_gb: float = field(default=4.0, metadata={"help": "Memory cap of that cache, in GB."})
+    precompute_frozen_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode every record once and run the frozen encoders once before training; epochs then run "
+            "only what trains (needs --train_augmentation False and no caption prompts)."
+        },
+    )
 
 
 def _load_data(specs: list[str]) -> datasets.Dataset | None:
@@ -244,6 +251,19 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
         num_frames=data_args.num_frames,
         prompt_format=data_args.prompt_format,
     )
+
+    if args.precompute_frozen_features:  # decode + frozen encoders once; the Trainer then sees ids and features
+        if cache is not None:
+            raise ValueError("Use one of --precompute_frozen_features and --cache_frozen_encoders")
+        train_dataset = tv.precompute_frozen_features(
+            model, train_dataset, collator, batch_size=16, num_workers=args.dataloader_num_workers
+        )
+        if eval_dataset is not None:
+            eval_dataset = tv.precompute_frozen_features(
+                model, eval_dataset, collator, batch_size=16, num_workers=args.dataloader_num_workers
+            )
+        collator = tv.PrecomputedFeaturesCollator(collator.pad_id)
+        args.dataloader_num_workers, args.dataloader_persistent_workers = 0, False  # nothing left to decode
 
     # 4. train
     trainer = tv.VideoLlamaTrainer(

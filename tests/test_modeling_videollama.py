@@ -188,6 +188,39 @@ def test_generate_with_video_and_audio(model):
     assert (out[:, inputs["input_ids"].shape[1] :] < 99).all()  # placeholders can never be generated
 
 
+def test_precomputed_frozen_outputs_stand_in_for_the_media(model):
+    """`frame_query_embeds` / `audio_clip_embeds` (the frozen encoders' outputs, as `precompute_frozen_features`
+    stores them) give the same features, logits and generated ids as the frames and clips they came from."""
+    videos, audios = _video(n=2), _audio(n=1)
+    rows = torch.tensor([_ids([1, 11], "audio", [12], "video", [13]), _ids([1, 14, 15], "video", [16, 17, 18, 0])])
+    inner = model.model
+    with torch.no_grad():
+        frames = inner._encode_frames(videos.flatten(0, 1)).view(2, 3, *inner.qformer.query_tokens.shape[1:])
+        clips = inner._encode_audio_clips(audios)
+        expected = model(input_ids=rows, pixel_values_videos=videos, input_values=audios)
+        got = model(input_ids=rows, frame_query_embeds=frames, audio_clip_embeds=clips)
+    torch.testing.assert_close(got.video_hidden_states, expected.video_hidden_states, atol=0, rtol=0)
+    torch.testing.assert_close(got.audio_hidden_states, expected.audio_hidden_states, atol=0, rtol=0)
+    torch.testing.assert_close(got.logits, expected.logits, atol=0, rtol=0)
+
+    one = {"input_ids": rows[:1], "attention_mask": torch.ones_like(rows[:1])}
+    kwargs = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    from_media = model.generate(**one, pixel_values_videos=videos[:1], input_values=audios, **kwargs)
+    from_outputs = model.generate(**one, frame_query_embeds=frames[:1], audio_clip_embeds=clips, **kwargs)
+    assert torch.equal(from_media, from_outputs)
+
+    with pytest.raises(ValueError, match="exactly one of pixel_values_videos or frame_query_embeds"):
+        model.get_video_features(videos, frame_query_embeds=frames)
+    with pytest.raises(ValueError, match=r"frame_query_embeds must have shape .* got \(2, 3, 5\)"):
+        model.get_video_features(frame_query_embeds=torch.zeros(2, 3, 5))
+    with pytest.raises(ValueError, match="exactly one of input_values or audio_clip_embeds"):
+        model.get_audio_features(audios, audio_clip_embeds=clips)
+    with pytest.raises(ValueError, match=r"audio_clip_embeds must have shape \(num_audios, num_clips, \d+\)"):
+        model.get_audio_features(audio_clip_embeds=torch.zeros(1, 8, 3))
+    with pytest.raises(ValueError, match="Pass one of pixel_values_videos, frame_query_embeds"):
+        model.generate(**one, pixel_values_videos=videos[:1], frame_query_embeds=frames[:1], **kwargs)
+
+
 def test_auto_classes(tmp_path, model):
     model.save_pretrained(tmp_path)
     for auto in (AutoModelForImageTextToText, AutoModelForMultimodalLM):

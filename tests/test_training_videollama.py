@@ -297,3 +297,54 @@ def test_training_with_cached_encoders_equals_training_without(tmp_path):
     assert frames["misses"] + audio["misses"] == stats["entries"]
     with pytest.raises(ValueError, match="--cache_frozen_encoders needs --train_augmentation False"):
         run_training(_args(model_dir, data, tmp_path / "bad", "--cache_frozen_encoders", "true"))
+
+
+def test_training_on_precomputed_features_equals_training_on_media(tmp_path):
+    """`--precompute_frozen_features`: each record decoded and encoded once, then epochs on ids + frozen outputs;
+    the same losses and weights as decoding and encoding every step."""
+    data = make_dataset(tmp_path / "data", num_records=4, with_image=True, with_audio=True)
+    model_dir = make_model_dir(tmp_path / "model")
+    common = ["--stage", "vision-stage2", "--num_train_epochs", "3", "--learning_rate", "1e-2",
+              "--train_augmentation", "false", "--dataloader_num_workers", "0"]  # fmt: skip
+    plain = run_training(_args(model_dir, data, tmp_path / "plain", *common))
+    pre = run_training(_args(model_dir, data, tmp_path / "pre", *common, "--precompute_frozen_features", "true"))
+    assert _train_losses(pre) == pytest.approx(_train_losses(plain), abs=1e-5)
+    a, b = trainable_state(plain), trainable_state(pre)
+    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)
+    features = pre.train_dataset
+    assert len(features) == len(plain.train_dataset) and {"frame_query_embeds", "labels"} <= set(features[0])
+    assert any("audio_clip_embeds" in item for item in features.items)
+    with pytest.raises(ValueError, match="training augmentation is on"):
+        run_training(_args(model_dir, data, tmp_path / "bad", "--precompute_frozen_features", "true"))
+    with pytest.raises(ValueError, match="one of --precompute_frozen_features and --cache_frozen_encoders"):
+        run_training(
+            _args(model_dir, data, tmp_path / "bad2", *common, "--precompute_frozen_features", "true",
+                  "--cache_frozen_encoders", "true")
+        )  # fmt: skip
+
+
+def test_precomputed_features_collator_pads_frames_and_refuses_frozen_encoders_that_train():
+    from _videollama_training import tiny_processor, tiny_training_config
+
+    from transformers_videollama import PrecomputedFeaturesCollator, precompute_frozen_features
+
+    q, d = 4, 8
+    items = [
+        {"input_ids": torch.tensor([1, 2, 3]), "attention_mask": torch.ones(3, dtype=torch.long),
+         "labels": torch.tensor([-100, 2, 3]), "frame_query_embeds": torch.ones(1, 2, q, d),
+         "audio_clip_embeds": torch.ones(1, 8, d)},
+        {"input_ids": torch.tensor([1, 5]), "attention_mask": torch.ones(2, dtype=torch.long),
+         "labels": torch.tensor([-100, 5]), "frame_query_embeds": 2 * torch.ones(1, 3, q, d)},
+    ]  # fmt: skip
+    batch = PrecomputedFeaturesCollator(pad_token_id=0)(items)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 5, 0]]
+    assert batch["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["frame_query_embeds"].shape == (2, 3, q, d)
+    assert batch["video_frames_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch["frame_query_embeds"][0, 2].abs().sum() == 0 and batch["audio_clip_embeds"].shape == (1, 8, d)
+
+    model = VideoLlamaForConditionalGeneration(tiny_training_config())
+    freeze_for_training(model, ["qformer", "video_qformer"])
+    with pytest.raises(ValueError, match="qformer trains, so its outputs change every step"):
+        precompute_frozen_features(model, [], VideoLlamaDataCollator(tiny_processor()))

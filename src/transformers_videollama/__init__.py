@@ -40,6 +40,8 @@ from .pipeline_videollama import VideoLlamaChat, VideoTextToTextPipeline
 from .processing_videollama import VideoLlamaProcessor, build_videollama_tokenizer, train_videollama_tokenizer
 from .training_videollama import (
     FrozenEncoderCache,
+    PrecomputedFeaturesCollator,
+    PrecomputedFrozenFeatures,
     VideoLlamaTrainer,
     available_training_presets,
     cache_frozen_encoders,
@@ -47,6 +49,7 @@ from .training_videollama import (
     freeze_for_training,
     load_training_preset,
     lora_config,
+    precompute_frozen_features,
 )
 from .video_processing_videollama import VideoLlamaVideoProcessor
 
@@ -94,6 +97,8 @@ __all__ = [
     "VideoLlamaProcessor",
     "VideoLlamaQFormerConfig",
     "FrozenEncoderCache",
+    "PrecomputedFeaturesCollator",
+    "PrecomputedFrozenFeatures",
     "VideoLlamaTrainer",
     "VideoLlamaVideoProcessor",
     "VideoLlamaVisionConfig",
@@ -110,5 +115,6 @@ __all__ = [
     "load_training_data",
     "load_training_preset",
     "lora_config",
+    "precompute_frozen_features",
     "preset_metadata",
 ]

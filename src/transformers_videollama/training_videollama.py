@@ -44,6 +44,8 @@ __all__ = [
     "LLM_LORA_TARGETS",
     "QFORMER_LORA_TARGETS",
     "FrozenEncoderCache",
+    "PrecomputedFeaturesCollator",
+    "PrecomputedFrozenFeatures",
     "VideoLlamaTrainer",
     "available_training_presets",
     "cache_frozen_encoders",
@@ -52,6 +54,7 @@ __all__ = [
     "keep_frozen_modules_in_eval",
     "load_training_preset",
     "lora_config",
+    "precompute_frozen_features",
     "trainable_parameter_names",
 ]
 
@@ -272,6 +275,197 @@ def cache_frozen_encoders(model: nn.Module, max_bytes: int = 4 * 1024**3) -> Fro
     only what trains. Returns the `FrozenEncoderCache` (see its `stats()` and `remove()`).
     """
     return FrozenEncoderCache(model, max_bytes=max_bytes)
+
+
+class PrecomputedFrozenFeatures(torch.utils.data.Dataset):
+    """Training examples whose media already went through the frozen encoders: token ids, labels, attention mask and
+    the frozen outputs (`frame_query_embeds` (V, T, Q, Dq) per video, `audio_clip_embeds` (A, S, P) per audio track).
+
+    Made by `precompute_frozen_features`; batch it with `PrecomputedFeaturesCollator`.
+    """
+
+    def __init__(self, items: list[dict[str, torch.Tensor]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.items[index]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for item in self.items for t in item.values())
+
+
+class PrecomputedFeaturesCollator:
+    """Batches of `PrecomputedFrozenFeatures`: right-padded ids (`pad_token_id`), labels (-100) and attention mask
+    (0); videos concatenated in placeholder order, frames padded to the longest with `video_frames_mask`; audio
+    tracks concatenated. The model then runs from the frame position embeddings / the audio positions on."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if not items:
+            raise ValueError("The collator got an empty batch.")
+        length = max(len(item["input_ids"]) for item in items)
+        batch = {
+            "input_ids": torch.full((len(items), length), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros(len(items), length, dtype=torch.long),
+            "labels": torch.full((len(items), length), -100, dtype=torch.long),
+        }
+        for row, item in enumerate(items):
+            n = len(item["input_ids"])
+            for key in ("input_ids", "attention_mask", "labels"):
+                batch[key][row, :n] = item[key]
+        videos = [video for item in items if "frame_query_embeds" in item for video in item["frame_query_embeds"]]
+        if videos:  # each (T_i, Q, Dq)
+            frames = max(video.shape[0] for video in videos)
+            batch["frame_query_embeds"] = videos[0].new_zeros(len(videos), frames, *videos[0].shape[1:])
+            batch["video_frames_mask"] = torch.zeros(len(videos), frames, dtype=torch.long)
+            for i, video in enumerate(videos):
+                batch["frame_query_embeds"][i, : video.shape[0]] = video
+                batch["video_frames_mask"][i, : video.shape[0]] = 1
+        audios = [item["audio_clip_embeds"] for item in items if "audio_clip_embeds" in item]
+        if audios:
+            if len({audio.shape[1:] for audio in audios}) > 1:
+                raise ValueError(f"audio tracks with different clip counts in one batch: {[a.shape for a in audios]}")
+            batch["audio_clip_embeds"] = torch.cat(audios)
+        return batch
+
+
+def precompute_frozen_features(
+    model: nn.Module,
+    dataset: Any,
+    collator: Any,
+    batch_size: int = 16,
+    num_workers: int = 0,
+) -> PrecomputedFrozenFeatures:
+    """Decode every record of `dataset` once and run the frozen encoders on it once: the paper's stages train only
+    what comes after them, so with the same frames and clips every epoch nothing before the frame position embedding
+    (EVA ViT + BLIP-2 Q-Former per frame) or the audio clip position (ImageBind audio trunk per clip) needs to run,
+    or even be decoded, again.
+
+    `collator` (a `VideoLlamaDataCollator`) renders and tokenises each record exactly as training would; its media
+    are decoded in `num_workers` DataLoader workers and encoded here, in eval mode and without gradients. The result
+    holds only token ids and the encoders' small outputs (the bundled model's 4000 training videos: ~150 MB).
+
+    Refused when something would differ between epochs: training augmentation (new frames each epoch), caption
+    prompts drawn per caption record, an encoder that trains, or the audio branch fed with frames (ImageBind's vision
+    trunk). Under `accelerate launch` every process computes the whole set.
+    """
+    from torch.utils.data import DataLoader
+
+    base = _base_model(model)
+    inner = getattr(base, "model", None)
+    if inner is None or not hasattr(inner, "_encode_frames"):
+        raise TypeError(f"precompute_frozen_features needs a Video-LLaMA model, got {type(model).__name__}")
+    if getattr(collator.processor.video_processor, "do_train_augmentation", False):
+        raise ValueError(
+            "precompute_frozen_features: training augmentation is on, so every epoch sees new frames; turn it off"
+        )
+    if getattr(collator, "audio_branch_from_images", False):
+        raise ValueError(
+            "precompute_frozen_features does not cover the audio branch fed with frames (ImageBind vision)"
+        )
+    for name in ("vision_tower", "qformer", "audio_tower"):
+        block = getattr(inner, name, None)
+        if block is not None and any(p.requires_grad for p in block.parameters()):
+            raise ValueError(f"precompute_frozen_features: {name} trains, so its outputs change every step")
+
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_PrecomputeBatch(collator),
+    )
+    blocks = [b for b in (inner.vision_tower, inner.qformer, getattr(inner, "audio_tower", None)) if b is not None]
+    modes = [b.training for b in blocks]
+    for block in blocks:
+        block.eval()
+    items: list[dict[str, torch.Tensor]] = []
+    started = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for encoded, batch in loader:
+                items += _encode_precompute_batch(inner, encoded, batch)
+    finally:
+        for block, mode in zip(blocks, modes):
+            block.train(mode)
+    result = PrecomputedFrozenFeatures(items)
+    logger.info(
+        "precompute_frozen_features: %d examples in %.1f s (%.1f MB)",
+        len(items),
+        time.perf_counter() - started,
+        result.nbytes / 1e6,
+    )
+    return result
+
+
+class _PrecomputeBatch:
+    """DataLoader collate_fn (picklable): each record's ids/labels and media counts, and the batch's media tensors."""
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        for example in examples:
+            if getattr(self.collator, "caption_prompts", None) and not example.get("conversations"):
+                raise ValueError(
+                    "precompute_frozen_features: caption records get a caption prompt drawn anew every epoch; "
+                    "precomputing would fix one draw per record. Train captions without prompts or do not precompute"
+                )
+        encoded = [self.collator.encode(example) for example in examples]
+        batch = self.collator.pad(encoded)
+        texts = [
+            {
+                "input_ids": torch.tensor(e.input_ids),
+                "attention_mask": torch.tensor(e.attention_mask),
+                "labels": torch.tensor(e.labels),
+                "videos": len(e.videos),
+                "audios": len(e.audios),
+            }
+            for e in encoded
+        ]
+        return texts, {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
+
+
+def _encode_precompute_batch(
+    inner: nn.Module, encoded: list[dict[str, Any]], batch: dict[str, torch.Tensor]
+) -> list[dict[str, torch.Tensor]]:
+    frame_outputs: list[torch.Tensor] = []
+    if "pixel_values_videos" in batch:
+        pixels = batch["pixel_values_videos"]  # (V, T, 3, H, W)
+        frames_mask = batch.get("video_frames_mask")
+        lengths = frames_mask.sum(-1).tolist() if frames_mask is not None else [pixels.shape[1]] * len(pixels)
+        real = torch.cat([video[:n] for video, n in zip(pixels, lengths)])  # padded frames are never encoded
+        device = inner.vision_tower.embeddings.patch_embedding.weight.device
+        dtype = inner.vision_tower.embeddings.patch_embedding.weight.dtype
+        queries = inner._encode_frames(real.to(device=device, dtype=dtype)).float().cpu()  # (sum T_i, Q, Dq)
+        frame_outputs = list(queries.split(lengths))
+    clip_outputs: list[torch.Tensor] = []
+    if "input_values" in batch:
+        device = next(inner.audio_tower.parameters()).device
+        dtype = next(inner.audio_tower.parameters()).dtype
+        clip_outputs = list(
+            inner._encode_audio_clips(batch["input_values"].to(device=device, dtype=dtype)).float().cpu()
+        )
+    items = []
+    for text in encoded:
+        item = {k: text[k] for k in ("input_ids", "attention_mask", "labels")}
+        if text["videos"]:
+            taken, frame_outputs = frame_outputs[: text["videos"]], frame_outputs[text["videos"] :]
+            if len({t.shape[0] for t in taken}) == 1:
+                item["frame_query_embeds"] = torch.stack(taken).clone()  # (V, T, Q, Dq), own storage
+            else:
+                raise ValueError("a record with several videos of different lengths cannot be precomputed")
+        if text["audios"]:
+            taken, clip_outputs = clip_outputs[: text["audios"]], clip_outputs[text["audios"] :]
+            item["audio_clip_embeds"] = torch.stack(taken).clone()  # (A, S, P)
+        items.append(item)
+    return items
 
 
 def lora_config(

@@ -185,27 +185,45 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
     # ----------------------------------------------------------------------------------------------------------------
     # Encoders
     # ----------------------------------------------------------------------------------------------------------------
-    def _frame_query_tokens(self, pixel_values_videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames -> per-frame Q-Former queries with frame position added: (N, T, Q, H), and the (T, H) positions."""
-        if pixel_values_videos.ndim != 5:
+    def _frame_query_tokens(
+        self, pixel_values_videos: torch.Tensor | None, frame_query_embeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (or their precomputed frozen outputs) -> per-frame Q-Former queries with frame position added:
+        (N, T, Q, H), and the (T, H) positions."""
+        if (pixel_values_videos is None) == (frame_query_embeds is None):
+            raise ValueError("Pass exactly one of pixel_values_videos or frame_query_embeds")
+        if frame_query_embeds is not None:
+            expected = (self.config.num_query_tokens, self.config.qformer_config.hidden_size)
+            if frame_query_embeds.ndim != 4 or tuple(frame_query_embeds.shape[2:]) != expected:
+                raise ValueError(
+                    "frame_query_embeds must have shape (num_videos, num_frames, num_query_tokens, qformer hidden) = "
+                    f"(N, T, {expected[0]}, {expected[1]}), got {tuple(frame_query_embeds.shape)}"
+                )
+            num_videos, num_frames = frame_query_embeds.shape[:2]
+        elif pixel_values_videos.ndim != 5:
             raise ValueError(
                 "pixel_values_videos must have shape (num_videos, num_frames, channels, height, width), "
                 f"got {tuple(pixel_values_videos.shape)}"
             )
-        num_videos, num_frames = pixel_values_videos.shape[:2]
+        else:
+            num_videos, num_frames = pixel_values_videos.shape[:2]
         if num_frames > self.config.max_frame_pos:
             raise ValueError(
-                f"pixel_values_videos has {num_frames} frames but the model has frame position embeddings for at most "
+                f"The videos have {num_frames} frames but the model has frame position embeddings for at most "
                 f"max_frame_pos={self.config.max_frame_pos} frames; sample fewer frames"
             )
-        pixel_values = pixel_values_videos.flatten(0, 1).to(self.vision_tower.embeddings.patch_embedding.weight.dtype)
-
-        # 1-2. EVA ViT-g + BLIP-2 Q-Former on every frame: (N*T, 3, H, W) -> (N*T, Q, Dq)
-        frame_queries = self._encode_frames(pixel_values)
+        if frame_query_embeds is None:
+            pixel_values = pixel_values_videos.flatten(0, 1).to(
+                self.vision_tower.embeddings.patch_embedding.weight.dtype
+            )
+            # 1-2. EVA ViT-g + BLIP-2 Q-Former on every frame: (N*T, 3, H, W) -> (N*T, Q, Dq)
+            frame_queries = self._encode_frames(pixel_values)
+            frame_queries = frame_queries.view(num_videos, num_frames, *frame_queries.shape[1:])
+        else:  # 1-2 ran earlier (`precompute_frozen_features`): (N, T, Q, Dq)
+            frame_queries = frame_query_embeds.to(self.video_position_embedding.weight.dtype)
         # 3. + frame position embedding, broadcast over the queries: (N, T, Q, Dq)
         positions = self.video_position_embedding(torch.arange(num_frames, device=frame_queries.device))  # (T, Dq)
-        frame_queries = frame_queries.view(num_videos, num_frames, *frame_queries.shape[1:]) + positions[:, None]
-        return frame_queries, positions
+        return frame_queries + positions[:, None], positions
 
     def _encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The frozen image path, per frame: (M, 3, H, W) -> BLIP-2 Q-Former queries (M, Q, Dq).
@@ -232,8 +250,9 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
 
     def get_video_features(
         self,
-        pixel_values_videos: torch.Tensor,
+        pixel_values_videos: torch.Tensor | None = None,
         video_frames_mask: torch.Tensor | None = None,
+        frame_query_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Encode videos (an image is a video with T=1).
@@ -243,12 +262,16 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
                 Normalised frames.
             video_frames_mask (`torch.LongTensor` of shape `(num_videos, num_frames)`, *optional*):
                 1 for real frames, 0 for padding (when videos of different lengths share a batch).
+            frame_query_embeds (`torch.FloatTensor` of shape `(num_videos, num_frames, num_query_tokens, qformer
+                hidden)`, *optional*): instead of `pixel_values_videos`, the frozen image path's output per frame
+                (EVA ViT + BLIP-2 Q-Former, steps 1-2), e.g. computed once for a whole training set by
+                `precompute_frozen_features`.
 
         Returns:
             `BaseModelOutputWithPooling` whose `pooler_output` holds the features that replace the placeholders,
             `(num_videos, num_video_query_tokens, text_hidden_size)`, and `last_hidden_state` the video Q-Former output.
         """
-        frame_queries, _ = self._frame_query_tokens(pixel_values_videos)  # (N, T, Q, Dq)
+        frame_queries, _ = self._frame_query_tokens(pixel_values_videos, frame_query_embeds)  # (N, T, Q, Dq)
         num_videos, num_frames, num_queries, hidden = frame_queries.shape
         # 4. video Q-Former over all frames' queries: (N, T*Q, Dq) -> (N, Qv, Dq)
         video_hidden = self.video_qformer(
@@ -289,18 +312,33 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
             last_hidden_state=audio_hidden, pooler_output=self.audio_projection(audio_hidden)
         )
 
-    def get_audio_features(self, input_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_audio_features(
+        self, input_values: torch.Tensor | None = None, audio_clip_embeds: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """Encode audio tracks.
 
         Args:
             input_values (`torch.FloatTensor` of shape `(num_audios, num_clips, 1, num_mel_bins, target_length)`):
                 Normalised log-mel clips (8 x 1 x 128 x 204 in the release).
+            audio_clip_embeds (`torch.FloatTensor` of shape `(num_audios, num_clips, projection_dim)`, *optional*):
+                instead of `input_values`, the frozen ImageBind audio trunk's output per clip (step 1), e.g. computed
+                once for a whole training set by `precompute_frozen_features`.
 
         Returns:
             `BaseModelOutputWithPooling` with `pooler_output` of shape
             `(num_audios, num_audio_query_tokens, text_hidden_size)`.
         """
         self._require_audio_branch()
+        if (input_values is None) == (audio_clip_embeds is None):
+            raise ValueError("Pass exactly one of input_values or audio_clip_embeds")
+        if audio_clip_embeds is not None:
+            width = self.config.audio_config.projection_dim
+            if audio_clip_embeds.ndim != 3 or audio_clip_embeds.shape[-1] != width:
+                raise ValueError(
+                    f"audio_clip_embeds must have shape (num_audios, num_clips, {width}), "
+                    f"got {tuple(audio_clip_embeds.shape)}"
+                )
+            return self._audio_query_features(audio_clip_embeds.to(self.audio_position_embedding.weight.dtype))
         if input_values.ndim != 5:
             raise ValueError(
                 "input_values must have shape (num_audios, num_clips, 1, num_mel_bins, target_length), "
@@ -392,6 +430,8 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
         mm_encoder_outputs: dict | None = None,
         imagebind_pixel_values: torch.FloatTensor | None = None,
         imagebind_frames_mask: torch.Tensor | None = None,
+        frame_query_embeds: torch.FloatTensor | None = None,
+        audio_clip_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> VideoLlamaModelOutputWithPast:
         r"""
@@ -414,18 +454,25 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
                 `input_values`. Needs `config.imagebind_vision_config`.
             imagebind_frames_mask (`torch.LongTensor` of shape `(num_audios, num_frames)`, *optional*):
                 Marks padded frames of `imagebind_pixel_values`.
+            frame_query_embeds (`torch.FloatTensor` of shape `(num_videos, num_frames, num_query_tokens, Dq)`,
+                *optional*): the frozen image path's output per frame, in place of `pixel_values_videos` (see
+                `get_video_features`; `precompute_frozen_features` makes them for a training set).
+            audio_clip_embeds (`torch.FloatTensor` of shape `(num_audios, num_clips, projection_dim)`, *optional*):
+                the frozen audio trunk's output per clip, in place of `input_values` (see `get_audio_features`).
             kwargs: passed to the language model (`attention_mask` semantics, cache, `use_cache`, ...).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds")
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        if input_values is not None and imagebind_pixel_values is not None:
+        if (input_values is not None or audio_clip_embeds is not None) and imagebind_pixel_values is not None:
             raise ValueError(
                 "Pass either input_values (audio) or imagebind_pixel_values (audio-branch training on frames), not both"
             )
         has_media = (
             pixel_values_videos is not None
+            or frame_query_embeds is not None
             or input_values is not None
+            or audio_clip_embeds is not None
             or imagebind_pixel_values is not None
             or mm_encoder_outputs
         )
@@ -439,8 +486,12 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
             raise ValueError("Multimodal inputs need input_ids (the placeholders are located by their ids)")
 
         # 2. video features over the video placeholders: (N, Qv, D)
-        if mm_encoder_outputs.get("video") is None and pixel_values_videos is not None:
-            mm_encoder_outputs["video"] = self.get_video_features(pixel_values_videos, video_frames_mask)
+        if mm_encoder_outputs.get("video") is None and (
+            pixel_values_videos is not None or frame_query_embeds is not None
+        ):
+            mm_encoder_outputs["video"] = self.get_video_features(
+                pixel_values_videos, video_frames_mask, frame_query_embeds=frame_query_embeds
+            )
         video_features = None
         if mm_encoder_outputs.get("video") is not None:
             video_features = mm_encoder_outputs["video"].pooler_output
@@ -457,14 +508,17 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
         if (
             mm_encoder_outputs.get("audio") is not None
             or input_values is not None
+            or audio_clip_embeds is not None
             or imagebind_pixel_values is not None
         ):
             if mm_encoder_outputs.get("audio") is not None:  # pre-encoded by generate() (or a chat session)
                 audio_features = mm_encoder_outputs["audio"].pooler_output
                 if not isinstance(audio_features, torch.Tensor):
                     audio_features = torch.stack(list(audio_features))
-            elif input_values is not None:
-                audio_features = self.get_audio_features(input_values).pooler_output
+            elif input_values is not None or audio_clip_embeds is not None:
+                audio_features = self.get_audio_features(
+                    input_values, audio_clip_embeds=audio_clip_embeds
+                ).pooler_output
             else:
                 audio_features = self.get_audio_features_from_images(
                     imagebind_pixel_values, imagebind_frames_mask
@@ -506,15 +560,23 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         Without this the audio tower would run inside prefill on the beam-expanded batch (`num_beams` times the work),
         and `repeat_interleave` over `input_values` would interleave the tracks of a sample with several audio inputs.
         """
+        encoded = model_kwargs.setdefault("mm_encoder_outputs", {})
+        if model_kwargs.get("frame_query_embeds") is not None:  # precomputed frozen outputs: steps 3-5 only
+            if model_kwargs.get("pixel_values_videos") is not None or encoded.get("video") is not None:
+                raise ValueError("Pass one of pixel_values_videos, frame_query_embeds or mm_encoder_outputs['video']")
+            encoded["video"] = self.model.get_video_features(
+                frame_query_embeds=model_kwargs.pop("frame_query_embeds"),
+                video_frames_mask=model_kwargs.pop("video_frames_mask", None),
+            )
         model_kwargs = super()._prepare_multimodal_encoder_kwargs_for_generation(model_kwargs)
-        if model_kwargs.get("input_values") is not None:
+        for key in ("input_values", "audio_clip_embeds"):
+            if model_kwargs.get(key) is None:
+                continue
             if model_kwargs["mm_encoder_outputs"].get("audio") is not None:
                 raise ValueError(
-                    "Pass either input_values or pre-computed audio features (mm_encoder_outputs), not both"
+                    "Pass one of input_values, audio_clip_embeds or pre-computed audio features (mm_encoder_outputs)"
                 )
-            model_kwargs["mm_encoder_outputs"]["audio"] = self.model.get_audio_features(
-                model_kwargs.pop("input_values")
-            )
+            model_kwargs["mm_encoder_outputs"]["audio"] = self.model.get_audio_features(**{key: model_kwargs.pop(key)})
         return model_kwargs
 
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
@@ -529,10 +591,12 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             audio.pooler_output = torch.cat([group.repeat(expand_size, 1, 1) for group in groups])
         return mm_encoder_output
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
         return self.model.get_video_features(pixel_values_videos, **kwargs)
 
-    def get_audio_features(self, input_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_audio_features(self, input_values: torch.Tensor | None = None, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_values, **kwargs)
 
     def get_audio_visual_features(
@@ -554,6 +618,8 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
         mm_encoder_outputs: dict | None = None,
         imagebind_pixel_values: torch.FloatTensor | None = None,
         imagebind_frames_mask: torch.Tensor | None = None,
+        frame_query_embeds: torch.FloatTensor | None = None,
+        audio_clip_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> VideoLlamaCausalLMOutputWithPast:
         r"""
@@ -587,6 +653,8 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             mm_encoder_outputs=mm_encoder_outputs,
             imagebind_pixel_values=imagebind_pixel_values,
             imagebind_frames_mask=imagebind_frames_mask,
+            frame_query_embeds=frame_query_embeds,
+            audio_clip_embeds=audio_clip_embeds,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
