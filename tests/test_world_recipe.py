@@ -39,7 +39,9 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
         summary["seconds"]
     )
     assert set(summary["parallel_seconds"]) == {"language model", "frame encoder", "audio trunk", "world videos"}
-    assert summary["metrics"]["stage2"]["frozen_encoder_cache"]["frames"]["hits"] > 0  # stage 2 ran >1 epoch
+    for stage in ("stage1", "stage2"):  # every record decoded and encoded once, then the epochs on its features
+        assert summary["metrics"][stage]["precomputed_examples"] == 16
+    assert summary["metrics"]["stage2"]["steps"] == 4  # 2 epochs of 16 records, batch 8
     for stage in ("stage1", "stage2"):
         assert summary["metrics"][stage]["final_loss"] is not None
     # the LLM stand-in is probed on text (media written out) per question type and object count
