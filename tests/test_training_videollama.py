@@ -278,17 +278,23 @@ def test_frozen_encoder_cache_leaves_training_encoders_alone():
         cache_frozen_encoders(model)
 
 
-def test_training_with_cached_encoders_equals_training_without(tmp_path):
-    data = make_dataset(tmp_path / "data", num_records=4, with_image=False, with_audio=True)
+def _same_training_with(tmp_path, flag: str, with_image: bool):
+    """Three epochs plain and three with `flag` on, same data and seed: the losses and trained weights must agree."""
+    data = make_dataset(tmp_path / "data", num_records=4, with_image=with_image, with_audio=True)
     model_dir = make_model_dir(tmp_path / "model")
     common = ["--stage", "vision-stage2", "--num_train_epochs", "3", "--learning_rate", "1e-2",
               "--train_augmentation", "false", "--dataloader_num_workers", "0"]  # fmt: skip
     plain = run_training(_args(model_dir, data, tmp_path / "plain", *common))
-    cached = run_training(_args(model_dir, data, tmp_path / "cached", *common, "--cache_frozen_encoders", "true"))
-    assert _train_losses(cached) == pytest.approx(_train_losses(plain), abs=1e-5)
-    a, b = trainable_state(plain), trainable_state(cached)
+    other = run_training(_args(model_dir, data, tmp_path / "other", *common, flag, "true"))
+    assert _train_losses(other) == pytest.approx(_train_losses(plain), abs=1e-5)
+    a, b = trainable_state(plain), trainable_state(other)
     assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)
-    stats = json.loads((tmp_path / "cached" / "train_summary.json").read_text())["metrics"]["frozen_encoder_cache"]
+    return model_dir, data, common, plain, other
+
+
+def test_training_with_cached_encoders_equals_training_without(tmp_path):
+    model_dir, data, _, _, _ = _same_training_with(tmp_path, "--cache_frozen_encoders", with_image=False)
+    stats = json.loads((tmp_path / "other" / "train_summary.json").read_text())["metrics"]["frozen_encoder_cache"]
     # 4 videos x 4 frames and 4 audios x 8 clips a epoch: each distinct input is computed once, in the first epoch
     # (identical frames / clips, e.g. the same 1 s tone in every video, only once), and served in the next two
     frames, audio = stats["frames"], stats["audio"]
@@ -302,15 +308,9 @@ def test_training_with_cached_encoders_equals_training_without(tmp_path):
 def test_training_on_precomputed_features_equals_training_on_media(tmp_path):
     """`--precompute_frozen_features`: each record decoded and encoded once, then epochs on ids + frozen outputs;
     the same losses and weights as decoding and encoding every step."""
-    data = make_dataset(tmp_path / "data", num_records=4, with_image=True, with_audio=True)
-    model_dir = make_model_dir(tmp_path / "model")
-    common = ["--stage", "vision-stage2", "--num_train_epochs", "3", "--learning_rate", "1e-2",
-              "--train_augmentation", "false", "--dataloader_num_workers", "0"]  # fmt: skip
-    plain = run_training(_args(model_dir, data, tmp_path / "plain", *common))
-    pre = run_training(_args(model_dir, data, tmp_path / "pre", *common, "--precompute_frozen_features", "true"))
-    assert _train_losses(pre) == pytest.approx(_train_losses(plain), abs=1e-5)
-    a, b = trainable_state(plain), trainable_state(pre)
-    assert all(torch.allclose(a[n], b[n], atol=1e-5) for n in a)
+    model_dir, data, common, plain, pre = _same_training_with(
+        tmp_path, "--precompute_frozen_features", with_image=True
+    )
     features = pre.train_dataset
     assert len(features) == len(plain.train_dataset) and {"frame_query_embeds", "labels"} <= set(features[0])
     assert any("audio_clip_embeds" in item for item in features.items)
