@@ -55,6 +55,20 @@ def test_any_split_is_the_whole_world_and_leaves_the_others_unchanged():
         world.sample_scene(np.random.default_rng(0), "validation")
 
 
+def test_two_object_fraction_keeps_the_stream_and_sets_the_share():
+    """Training data may hold more two-object scenes than the world's 30 %: the same stream, full counts skipped."""
+    plain = list(world.iter_scenes("train", 300, 0))
+    mixed = list(world.iter_scenes("train", 40, 0, two_object_fraction=0.5))
+    assert len(mixed) == 40 and sum(len(s.objects) == 2 for s in mixed) == 20
+    by_id = {s.id: s for s in plain}
+    assert all(repr(by_id[s.id].objects) == repr(s.objects) for s in mixed)  # same scenes, same ids as the stream
+    twos = [s.id for s in plain if len(s.objects) == 2][:20]
+    assert [s.id for s in mixed if len(s.objects) == 2] == twos  # the stream's first two-object scenes, in order
+    assert sum(len(s.objects) == 2 for s in plain) / len(plain) < 0.4
+    with pytest.raises(ValueError, match="two_object_fraction must lie in"):
+        next(world.iter_scenes("train", 4, 0, two_object_fraction=1.5))
+
+
 def test_written_files_are_real_h264_aac(split):
     scenes = [json.loads(line) for line in (split / "scenes.jsonl").read_text().splitlines()]
     assert len(scenes) == 12

@@ -470,11 +470,29 @@ def normalize_answer(text: str) -> str:
 # -- splits -------------------------------------------------------------------------------------------------------
 
 
-def iter_scenes(split: str, num_videos: int, seed: int) -> Iterator[Scene]:
-    """`num_videos` scenes of `split`, deterministic from `seed` (each split uses its own stream)."""
+def iter_scenes(split: str, num_videos: int, seed: int, two_object_fraction: float | None = None) -> Iterator[Scene]:
+    """`num_videos` scenes of `split`, deterministic from `seed` (each split uses its own stream).
+
+    `two_object_fraction` (e.g. 0.5 for training data): keep drawing from the same stream, skipping scenes whose
+    object count is already full, until that share of the scenes has two objects (the world itself draws 30 %).
+    Scenes keep their stream ids, in stream order.
+    """
     rng = np.random.default_rng([seed, {"train": 0, "heldout": 1, "any": 3}.get(split, 1)])
-    for index in range(num_videos):
-        yield sample_scene(rng, split, index)
+    if two_object_fraction is None:
+        for index in range(num_videos):
+            yield sample_scene(rng, split, index)
+        return
+    if not 0.0 <= two_object_fraction <= 1.0:
+        raise ValueError(f"two_object_fraction must lie in [0, 1], got {two_object_fraction}")
+    wanted = {2: round(num_videos * two_object_fraction)}
+    wanted[1] = num_videos - wanted[2]
+    index = 0
+    while wanted[1] or wanted[2]:
+        scene = sample_scene(rng, split, index)
+        index += 1
+        if wanted[len(scene.objects)]:
+            wanted[len(scene.objects)] -= 1
+            yield scene
 
 
 def generate_split(
@@ -483,16 +501,18 @@ def generate_split(
     num_videos: int = 100,
     seed: int = 0,
     progress: bool = False,
+    two_object_fraction: float | None = None,
 ) -> Path:
     """Write a split: `videos/*.mp4`, `qa.jsonl` (evaluation), `train.jsonl` (training conversations), `scenes.jsonl`.
 
     Returns the path of `qa.jsonl`. Idempotent: existing videos with the same scene are not rewritten.
+    `two_object_fraction`: see `iter_scenes` (default: the world's own 30 %).
     """
     out = Path(output_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 2])
     qa_lines, train_lines, scene_lines = [], [], []
-    scenes = list(iter_scenes(split, num_videos, seed))
+    scenes = list(iter_scenes(split, num_videos, seed, two_object_fraction))
     iterator: Any = scenes
     if progress:
         from tqdm.auto import tqdm
