@@ -495,8 +495,14 @@ def _encoders_job(config: dict, cfg: dict, path: Path) -> tuple[dict, dict]:
 def _world_job(folder: str, world_cfg: dict, seed: int) -> float:
     """Step 1's videos: the training split and the held-out split as mp4 files (H.264 + AAC)."""
     start = _job_setup()
-    world.generate_split(Path(folder) / "train", "train", world_cfg["train_videos"], seed)
-    world.generate_split(Path(folder) / "heldout", "heldout", world_cfg["heldout_videos"], seed)
+    world.generate_split(
+        Path(folder) / "train",
+        "train",
+        world_cfg["train_videos"],
+        seed,
+        two_object_fraction=world_cfg.get("train_two_object_fraction"),
+    )
+    world.generate_split(Path(folder) / "heldout", "heldout", world_cfg["heldout_videos"], seed)  # the world's mix
     return round(time.perf_counter() - start, 1)
 
 
