@@ -435,6 +435,7 @@ class _PrecomputeBatch:
 def _encode_precompute_batch(
     inner: nn.Module, encoded: list[dict[str, Any]], batch: dict[str, torch.Tensor]
 ) -> list[dict[str, torch.Tensor]]:
+    """Frozen encoders on a collated batch, split back per record (outputs kept in the encoders' dtype, on CPU)."""
     frame_outputs: list[torch.Tensor] = []
     if "pixel_values_videos" in batch:
         pixels = batch["pixel_values_videos"]  # (V, T, 3, H, W)
@@ -443,15 +444,13 @@ def _encode_precompute_batch(
         real = torch.cat([video[:n] for video, n in zip(pixels, lengths)])  # padded frames are never encoded
         device = inner.vision_tower.embeddings.patch_embedding.weight.device
         dtype = inner.vision_tower.embeddings.patch_embedding.weight.dtype
-        queries = inner._encode_frames(real.to(device=device, dtype=dtype)).float().cpu()  # (sum T_i, Q, Dq)
+        queries = inner._encode_frames(real.to(device=device, dtype=dtype)).cpu()  # (sum T_i, Q, Dq)
         frame_outputs = list(queries.split(lengths))
     clip_outputs: list[torch.Tensor] = []
     if "input_values" in batch:
         device = next(inner.audio_tower.parameters()).device
         dtype = next(inner.audio_tower.parameters()).dtype
-        clip_outputs = list(
-            inner._encode_audio_clips(batch["input_values"].to(device=device, dtype=dtype)).float().cpu()
-        )
+        clip_outputs = list(inner._encode_audio_clips(batch["input_values"].to(device=device, dtype=dtype)).cpu())
     items = []
     for text in encoded:
         item = {k: text[k] for k in ("input_ids", "attention_mask", "labels")}

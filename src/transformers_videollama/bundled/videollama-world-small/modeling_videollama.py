@@ -10,6 +10,7 @@ Data flow (release sizes; N = number of videos/audios in the batch, T frames, S 
       -> fold frames               (N*T, 3, 224, 224)
       -> vision_tower              (N*T, 257, 1408)   EVA-CLIP ViT-g + ln_vision            [Blip2VisionModel]
       -> qformer (32 queries)      (N*T, 32, 768)     BLIP-2 Q-Former, frozen               [Blip2QFormerModel]
+         (or frame_query_embeds (N, T, 32, 768): these frozen outputs, precomputed for training)
       -> + video_position_embedding[t]                one learned vector per frame index (max_frame_pos = 32)
       -> unfold frames             (N, T*32, 768)
       -> video_qformer (32 queries)(N, 32, 768)       2 layers, cross-attends to all frames
@@ -18,6 +19,7 @@ Data flow (release sizes; N = number of videos/audios in the batch, T frames, S 
     audio branch
     input_values (N, S=8, 1, 128, 204)                log-mel of 8 two-second clips
       -> audio_tower               (N, S, 1024)       ImageBind-huge audio trunk, joint-space embedding
+         (or audio_clip_embeds (N, S, 1024): these frozen outputs, precomputed for training)
       -> + audio_position_embedding[s]                (max_audio_clips = 8)
       -> audio_qformer (8 queries) (N, 8, 768)        2 layers
       -> audio_projection          (N, 8, 4096)       -> replaces the 8 `<AudioHere>` tokens of each audio
