@@ -344,7 +344,17 @@ def test_precomputed_features_collator_pads_frames_and_refuses_frozen_encoders_t
     assert batch["video_frames_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert batch["frame_query_embeds"][0, 2].abs().sum() == 0 and batch["audio_clip_embeds"].shape == (1, 8, d)
 
+    with pytest.raises(ValueError, match="audio tracks with different clip counts in one batch"):
+        PrecomputedFeaturesCollator(pad_token_id=0)([items[0], dict(items[1], audio_clip_embeds=torch.ones(1, 4, d))])
+
     model = VideoLlamaForConditionalGeneration(tiny_training_config())
     freeze_for_training(model, ["qformer", "video_qformer"])
     with pytest.raises(ValueError, match="qformer trains, so its outputs change every step"):
         precompute_frozen_features(model, [], VideoLlamaDataCollator(tiny_processor()))
+    freeze_for_training(model, ["video_qformer"])
+    with pytest.raises(ValueError, match="does not cover the audio branch fed with frames"):
+        precompute_frozen_features(model, [], VideoLlamaDataCollator(tiny_processor(), audio_branch_from_images=True))
+    # a caption prompt is drawn anew every epoch: refused before anything is decoded
+    prompts = VideoLlamaDataCollator(tiny_processor(), caption_prompts=["<ImageHere> Describe it."])
+    with pytest.raises(ValueError, match="caption records get a caption prompt drawn anew every epoch"):
+        precompute_frozen_features(model, [{"video": "never-read.mp4", "caption": "a red circle"}], prompts)

@@ -178,15 +178,8 @@ def language_model_scenes(split: str, count: int, two_object_fraction: float, se
     Two-object questions ("What colour is the cross?") need the LLM to bind each attribute to its shape, which a
     2-layer LM learns late; the world's own 30 % of two-object scenes leave it at ~65 % on them, 70 % gives ~85 %.
     """
-    wanted = round(count * two_object_fraction)
-    two: list[world.Scene] = []
-    one: list[world.Scene] = []
-    for scene in world.iter_scenes(split, count * 4, seed):  # drawn only until both quotas are filled
-        (two if len(scene.objects) == 2 else one).append(scene)
-        if len(two) >= wanted and len(one) >= count - wanted:
-            break
-    two = two[:wanted]
-    scenes = two + one[: count - len(two)]
+    scenes = list(world.iter_scenes(split, count, seed, two_object_fraction))
+    scenes.sort(key=lambda scene: len(scene.objects) == 1)  # two-object scenes first (stable), then shuffled
     random.Random(seed).shuffle(scenes)
     return scenes
 

@@ -454,12 +454,9 @@ def _encode_precompute_batch(
     items = []
     for text in encoded:
         item = {k: text[k] for k in ("input_ids", "attention_mask", "labels")}
-        if text["videos"]:
+        if text["videos"]:  # the collator gives a record at most one video
             taken, frame_outputs = frame_outputs[: text["videos"]], frame_outputs[text["videos"] :]
-            if len({t.shape[0] for t in taken}) == 1:
-                item["frame_query_embeds"] = torch.stack(taken).clone()  # (V, T, Q, Dq), own storage
-            else:
-                raise ValueError("a record with several videos of different lengths cannot be precomputed")
+            item["frame_query_embeds"] = torch.stack(taken).clone()  # (1, T, Q, Dq), own storage
         if text["audios"]:
             taken, clip_outputs = clip_outputs[: text["audios"]], clip_outputs[text["audios"] :]
             item["audio_clip_embeds"] = torch.stack(taken).clone()  # (A, S, P)
