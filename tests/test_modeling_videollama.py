@@ -271,3 +271,55 @@ def test_input_errors_name_the_argument(model):
         model(input_ids=torch.tensor([_ids([1], "audio")]), input_values=_audio(), imagebind_pixel_values=_video())
     with pytest.raises(ValueError, match="no ImageBind vision trunk"):
         model.model.get_audio_features_from_images(_video())
+
+
+def test_float32_cpu_decode_head_matches_lm_head():
+    """The decode step's vocabulary product (split over both cores for float32 on the CPU) equals `lm_head(...)`;
+    everything outside that case is `lm_head(...)` itself."""
+    from unittest import mock
+
+    from transformers_videollama.modeling_videollama import _project_to_vocabulary
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 1000, bias=False)
+    with torch.no_grad():
+        for shape in [(1, 1, 64), (3, 1, 64), (2, 4, 64), (8, 64)]:  # up to 8 rows: the split product
+            hidden = torch.randn(shape)
+            with mock.patch.object(torch.nn.Linear, "forward", side_effect=AssertionError("took lm_head(...)")):
+                logits = _project_to_vocabulary(head, hidden)
+            assert logits.shape == (*shape[:-1], 1000)
+            torch.testing.assert_close(logits, head(hidden), rtol=1e-5, atol=1e-5)
+        # outside the plain float32 CPU decode case: lm_head(...) exactly
+        hidden = torch.randn(1, 9, 64)
+        assert torch.equal(_project_to_vocabulary(head, hidden), head(hidden))  # 9 rows (a prompt)
+        odd = torch.nn.Linear(64, 999, bias=False)
+        assert torch.equal(_project_to_vocabulary(odd, hidden[:, :1]), odd(hidden[:, :1]))
+        biased = torch.nn.Linear(64, 1000)
+        assert torch.equal(_project_to_vocabulary(biased, hidden[:, :1]), biased(hidden[:, :1]))
+        half = torch.nn.Linear(64, 1000, bias=False).to(torch.bfloat16)
+        assert torch.equal(_project_to_vocabulary(half, hidden[:, :1].bfloat16()), half(hidden[:, :1].bfloat16()))
+        hooked = torch.nn.Linear(64, 1000, bias=False)
+        hooked.register_forward_hook(lambda module, args, out: out * 2)  # hooks (accelerate, PEFT) must still run
+        torch.testing.assert_close(
+            _project_to_vocabulary(hooked, hidden[:, :1]), 2 * (hidden[:, :1] @ hooked.weight.T)
+        )
+    hidden.requires_grad_(True)
+    logits = _project_to_vocabulary(head, hidden[:, :1])  # autograd on: lm_head(...), gradients as usual
+    logits.sum().backward()
+    assert hidden.grad is not None
+
+
+def test_float32_cpu_decode_head_keeps_greedy_ids():
+    config = tiny_config()
+    config.text_config.vocab_size = 98  # even: the split decode product applies (the release's 32000 is even)
+    torch.manual_seed(0)
+    split = VideoLlamaForConditionalGeneration(config).eval()
+    plain = VideoLlamaForConditionalGeneration(config).eval()
+    plain.load_state_dict(split.state_dict())
+    plain.lm_head.register_forward_hook(lambda module, args, out: None)  # a hooked head takes lm_head(...)
+    inputs = {"input_ids": torch.tensor([_ids([1, 5], "video", [7])]), "pixel_values_videos": _video()}
+    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
+    out = split.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
+    ref = plain.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), rtol=1e-5, atol=1e-5)
