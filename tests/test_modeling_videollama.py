@@ -273,53 +273,62 @@ def test_input_errors_name_the_argument(model):
         model.model.get_audio_features_from_images(_video())
 
 
-def test_float32_cpu_decode_head_matches_lm_head():
-    """The decode step's vocabulary product (split over both cores for float32 on the CPU) equals `lm_head(...)`;
-    everything outside that case is `lm_head(...)` itself."""
+def test_decode_step_linear_matches_nn_linear():
+    """Products with a few rows (decode steps), float32 on the CPU, take the blocked form and equal `nn.Linear`'s;
+    everything else is `nn.Linear.forward` itself."""
     from unittest import mock
 
-    from transformers_videollama.modeling_videollama import _project_to_vocabulary
+    from transformers_videollama.modeling_videollama import DecodeStepLinear
 
-    torch.manual_seed(0)
-    head = torch.nn.Linear(64, 1000, bias=False)
-    with torch.no_grad():
-        for shape in [(1, 1, 64), (3, 1, 64), (2, 4, 64), (8, 64)]:  # up to 8 rows: the split product
-            hidden = torch.randn(shape)
-            with mock.patch.object(torch.nn.Linear, "forward", side_effect=AssertionError("took lm_head(...)")):
-                logits = _project_to_vocabulary(head, hidden)
-            assert logits.shape == (*shape[:-1], 1000)
-            torch.testing.assert_close(logits, head(hidden), rtol=1e-5, atol=1e-5)
-        # outside the plain float32 CPU decode case: lm_head(...) exactly
-        hidden = torch.randn(1, 9, 64)
-        assert torch.equal(_project_to_vocabulary(head, hidden), head(hidden))  # 9 rows (a prompt)
-        odd = torch.nn.Linear(64, 999, bias=False)
-        assert torch.equal(_project_to_vocabulary(odd, hidden[:, :1]), odd(hidden[:, :1]))
-        biased = torch.nn.Linear(64, 1000)
-        assert torch.equal(_project_to_vocabulary(biased, hidden[:, :1]), biased(hidden[:, :1]))
-        half = torch.nn.Linear(64, 1000, bias=False).to(torch.bfloat16)
-        assert torch.equal(_project_to_vocabulary(half, hidden[:, :1].bfloat16()), half(hidden[:, :1].bfloat16()))
-        hooked = torch.nn.Linear(64, 1000, bias=False)
-        hooked.register_forward_hook(lambda module, args, out: out * 2)  # hooks (accelerate, PEFT) must still run
-        torch.testing.assert_close(
-            _project_to_vocabulary(hooked, hidden[:, :1]), 2 * (hidden[:, :1] @ hooked.weight.T)
-        )
-    hidden.requires_grad_(True)
-    logits = _project_to_vocabulary(head, hidden[:, :1])  # autograd on: lm_head(...), gradients as usual
-    logits.sum().backward()
-    assert hidden.grad is not None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        for bias in (False, True):
+            layer = DecodeStepLinear(64, 1000, bias=bias)
+            with torch.no_grad():
+                for shape in [(1, 1, 64), (3, 1, 64), (2, 4, 64), (8, 64)]:  # up to 8 rows: blocked
+                    hidden = torch.randn(shape)
+                    with mock.patch.object(torch.nn.Linear, "forward", side_effect=AssertionError("nn.Linear path")):
+                        out = layer(hidden)
+                    assert out.shape == (*shape[:-1], 1000)
+                    torch.testing.assert_close(out, torch.nn.functional.linear(hidden, layer.weight, layer.bias))
+                # not a decode step, or not float32 on the CPU: nn.Linear.forward, bit for bit
+                hidden = torch.randn(1, 9, 64)
+                assert torch.equal(layer(hidden), torch.nn.functional.linear(hidden, layer.weight, layer.bias))
+                odd = DecodeStepLinear(64, 999, bias=bias)  # no block split of 999 rows over 2 threads
+                assert torch.equal(odd(hidden[:, :1]), torch.nn.functional.linear(hidden[:, :1], odd.weight, odd.bias))
+                half = DecodeStepLinear(64, 1000, bias=bias).to(torch.bfloat16)
+                x = hidden[:, :1].bfloat16()
+                assert torch.equal(half(x), torch.nn.functional.linear(x, half.weight, half.bias))
+            hidden = torch.randn(1, 1, 64, requires_grad=True)  # autograd on (training): nn.Linear.forward
+            out = layer(hidden)
+            assert torch.equal(out, torch.nn.functional.linear(hidden, layer.weight, layer.bias))
+            out.sum().backward()
+            assert hidden.grad is not None and layer.weight.grad is not None
+        torch.set_num_threads(1)  # one thread: nothing to split over
+        with torch.no_grad(), mock.patch.object(torch.nn.Linear, "forward", return_value="nn.Linear path"):
+            assert layer(torch.randn(1, 64)) == "nn.Linear path"
+    finally:
+        torch.set_num_threads(threads)
 
 
-def test_float32_cpu_decode_head_keeps_greedy_ids():
-    config = tiny_config()
-    config.text_config.vocab_size = 98  # even: the split decode product applies (the release's 32000 is even)
-    torch.manual_seed(0)
-    split = VideoLlamaForConditionalGeneration(config).eval()
-    plain = VideoLlamaForConditionalGeneration(config).eval()
-    plain.load_state_dict(split.state_dict())
-    plain.lm_head.register_forward_hook(lambda module, args, out: None)  # a hooked head takes lm_head(...)
+def test_language_model_uses_decode_step_linears_with_the_same_greedy_ids(model):
+    from transformers_videollama.modeling_videollama import DecodeStepLinear
+
+    linears = [m for m in model.model.language_model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is DecodeStepLinear for m in linears) and type(model.lm_head) is DecodeStepLinear
+    assert all(
+        type(m) is torch.nn.Linear for m in model.model.video_qformer.modules() if isinstance(m, torch.nn.Linear)
+    )
+    plain = VideoLlamaForConditionalGeneration(tiny_config()).eval()
+    plain.load_state_dict(model.state_dict())  # same names and shapes
+    for m in [*plain.model.language_model.modules(), plain.lm_head]:
+        if type(m) is DecodeStepLinear:
+            m.__class__ = torch.nn.Linear
     inputs = {"input_ids": torch.tensor([_ids([1, 5], "video", [7])]), "pixel_values_videos": _video()}
     kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False, "pad_token_id": 0}
-    out = split.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
+    out = model.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
     ref = plain.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
     assert torch.equal(out.sequences, ref.sequences)
     torch.testing.assert_close(torch.stack(out.logits), torch.stack(ref.logits), rtol=1e-5, atol=1e-5)

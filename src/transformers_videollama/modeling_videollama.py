@@ -30,7 +30,8 @@ Data flow (release sizes; N = number of videos/audios in the batch, T frames, S 
       -> language_model (LLaMA) -> lm_head -> logits (B, L, 32000)
 
 Placeholder ids (32000/32001) lie outside the LLM vocabulary, so the embedding matrix and `lm_head` keep the released
-LLaMA shapes and placeholders can never be generated.
+LLaMA shapes and placeholders can never be generated. The language model's linears and `lm_head` are
+`DecodeStepLinear`s: plain `nn.Linear`s whose float32 CPU decode steps use every core (see the class).
 """
 
 from dataclasses import dataclass
@@ -128,6 +129,53 @@ class VideoLlamaQFormerModel(Blip2QFormerModel):
         )
 
 
+class DecodeStepLinear(nn.Linear):
+    """`nn.Linear` whose float32 CPU products with a few rows (the decode steps of `generate()`) use every core.
+
+    Why: a decode step multiplies one row per sequence by each weight of the language model. For float32 on the CPU,
+    PyTorch hands such a product to MKL as a matrix-vector product that reads the weight at ~11 GB/s on this
+    benchmark machine (2 cores), a third of what the memory gives: the language model's weights (cold in cache: 126 MB
+    of 512- and 1376-wide products) took 11.4 ms, the same products as one batched product over row blocks of the
+    (unchanged, row-major) weight 4.8 ms; the 32000 x 512 head 5.9 -> 1.6 ms, a 32000 x 4096 head 24 -> 16 ms. So
+    inputs with at most 8 rows, float32 on the CPU, without autograd, take that form; everything else (prompts,
+    training, bfloat16, GPUs) is `nn.Linear.forward`. Same products, summed in another order (float32 rounding,
+    ~1e-6 relative). The state dict, PEFT (`isinstance(m, nn.Linear)`), hooks and quantisation see an `nn.Linear`.
+    """
+
+    MAX_ROWS = 8  # measured: 1-8 rows 2.4-1.2x faster this way, 16 rows even
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight, out_features = self.weight, self.out_features
+        rows = input.numel() // self.in_features if self.in_features else 0
+        blocks = min(torch.get_num_threads(), out_features)
+        while blocks > 1 and out_features % blocks:
+            blocks -= 1
+        if (
+            blocks < 2
+            or not 0 < rows <= self.MAX_ROWS
+            or torch.is_grad_enabled()
+            or input.device.type != "cpu"
+            or weight.device.type != "cpu"
+            or not input.dtype == weight.dtype == torch.float32
+            or not weight.is_contiguous()
+        ):
+            return super().forward(input)
+        columns = input.reshape(rows, self.in_features).T  # (in, rows)
+        blocked = weight.view(blocks, out_features // blocks, self.in_features)  # a view: no copy of the weight
+        output = torch.bmm(blocked, columns.expand(blocks, *columns.shape)).reshape(out_features, rows).T
+        if self.bias is not None:
+            output = output + self.bias
+        return output.reshape(*input.shape[:-1], out_features)
+
+
+def use_decode_step_linears(module: nn.Module) -> nn.Module:
+    """Make every plain `nn.Linear` inside `module` a `DecodeStepLinear` (in place: same parameters, same names)."""
+    for child in module.modules():
+        if type(child) is nn.Linear:
+            child.__class__ = DecodeStepLinear
+    return module
+
+
 class VideoLlamaPreTrainedModel(PreTrainedModel):
     config: VideoLlamaConfig
     base_model_prefix = "model"
@@ -181,7 +229,7 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
         if config.imagebind_vision_config is not None:
             self.imagebind_vision_tower = ImageBindVisionModel(config.imagebind_vision_config)
 
-        self.language_model = AutoModel.from_config(config.text_config)
+        self.language_model = use_decode_step_linears(AutoModel.from_config(config.text_config))
         self.post_init()
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -542,42 +590,6 @@ class VideoLlamaModel(VideoLlamaPreTrainedModel):
         )
 
 
-def _project_to_vocabulary(lm_head: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """`lm_head(hidden_states)`, with the float32 CPU decode step computed on both cores.
-
-    Why: a decode step multiplies one row (per sequence) by the (vocab, hidden) head. For float32 on CPU, PyTorch
-    hands that to MKL as a matrix-vector product, which runs on one core and reads the weight at ~11 GB/s: 5.9 ms of
-    a 13.8 ms step at the benchmark's 32000 x 512 head. The same product as a batched product over the two halves of
-    the (row-major, unchanged) weight runs at ~40 GB/s (1.6 ms; 24 -> 16 ms for a 32000 x 4096 head). Only the plain
-    case takes this path: an `nn.Linear` without bias, hooks or adapters, float32 on the CPU, at most 8 rows, no
-    autograd. Everything else (prefill, training, bfloat16, GPUs, PEFT-wrapped or offloaded heads) is `lm_head(...)`.
-    The values are the same products summed in another order (float32 rounding: ~1e-6 relative).
-    """
-    weight = getattr(lm_head, "weight", None)
-    hidden = hidden_states.shape[-1]
-    rows = hidden_states.numel() // hidden if hidden else 0
-    plain = (
-        type(lm_head) is nn.Linear
-        and lm_head.bias is None
-        and not (lm_head._forward_hooks or lm_head._forward_pre_hooks or "forward" in vars(lm_head))
-    )
-    if not (
-        plain
-        and 0 < rows <= 8
-        and not torch.is_grad_enabled()
-        and hidden_states.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and hidden_states.dtype == weight.dtype == torch.float32
-        and weight.is_contiguous()
-        and weight.shape[0] % 2 == 0
-    ):
-        return lm_head(hidden_states)
-    vocab = weight.shape[0]
-    columns = hidden_states.reshape(rows, hidden).T  # (hidden, rows)
-    halves = torch.bmm(weight.view(2, vocab // 2, hidden), columns.expand(2, hidden, rows))  # (2, vocab/2, rows)
-    return halves.reshape(vocab, rows).T.reshape(*hidden_states.shape[:-1], vocab)
-
-
 class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMixin):
     """Video-LLaMA with its language-modelling head: what `generate()`, `Trainer` and PEFT use."""
 
@@ -586,7 +598,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
     def __init__(self, config: VideoLlamaConfig):
         super().__init__(config)
         self.model = VideoLlamaModel(config)
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.lm_head = DecodeStepLinear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Module:
@@ -696,7 +708,7 @@ class VideoLlamaForConditionalGeneration(VideoLlamaPreTrainedModel, GenerationMi
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = _project_to_vocabulary(self.lm_head, hidden_states)
+        logits = self.lm_head(hidden_states)
 
         loss = None
         if labels is not None:
