@@ -27,6 +27,9 @@ The machine is shared and noisy, so the design favours in-run comparisons:
     3. a GEMM calibration (GFLOP/s of an MKL float32 matmul of the ViT's MLP shape) before and after the timing phase,
        and the share of the CPUs other processes used meanwhile, say how quiet the machine was.
 
+Request variants measured in the same rounds (float32, sdpa): plain `nn.Linear` decode steps (the baseline of the
+model's `DecodeStepLinear`), a static cache.
+
 Optional experiments (float32, sdpa; not changes to the model):
     --onednn   route float32 `F.linear` through oneDNN (`torch.ops.mkldnn._linear_pointwise`) instead of MKL
     --compile  `torch.compile` the language model (static cache); its first call (compilation) is reported apart
@@ -186,6 +189,24 @@ def onednn_linear():
 
 
 @contextlib.contextmanager
+def plain_linears(model):
+    """The language model's `DecodeStepLinear`s as plain `nn.Linear`s (decode steps through MKL's matrix-vector
+    product): the baseline of the model's own decode-step change."""
+    from torch import nn
+
+    from transformers_videollama.modeling_videollama import DecodeStepLinear
+
+    swapped = [m for m in model.modules() if type(m) is DecodeStepLinear]
+    for module in swapped:
+        module.__class__ = nn.Linear
+    try:
+        yield
+    finally:
+        for module in swapped:
+            module.__class__ = DecodeStepLinear
+
+
+@contextlib.contextmanager
 def compiled_language_model(model, compiled_forward):
     language_model = model.model.language_model
     language_model.forward = compiled_forward
@@ -282,7 +303,10 @@ def timing_worker(spec: dict) -> dict:
 
     # Variants of the float32/sdpa request, measured in the same rounds: name -> (context, generate kwargs)
     fp32 = models["float32"]
-    variants = {"static cache": (contextlib.nullcontext, {"cache_implementation": "static"})}
+    variants = {
+        "plain nn.Linear decode steps (MKL matrix-vector)": (lambda: plain_linears(fp32), {}),
+        "static cache": (contextlib.nullcontext, {"cache_implementation": "static"}),
+    }
     if spec["onednn"]:
         variants["oneDNN linear"] = (onednn_linear, {})
         variants["oneDNN linear + static cache"] = (onednn_linear, {"cache_implementation": "static"})
