@@ -99,6 +99,13 @@ class VideoLlamaTrainingArguments(TrainingArguments):
     trainable_modules: list[str] | None = field(
         default=None, metadata={"help": "Override the preset's trainable modules (names under model.model)."}
     )
+    projector_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the video / audio projections into the LLM (default: --learning_rate), "
+            "as LLaVA's mm_projector_lr; same schedule."
+        },
+    )
     use_lora: bool = field(default=False, metadata={"help": "LoRA adapters (PEFT) on the LLM."})
     lora_r: int = field(default=16)
     lora_alpha: int = field(default=32)
@@ -273,6 +280,7 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
         eval_dataset=eval_dataset,
         data_collator=collator,
         processing_class=processor,
+        projector_learning_rate=args.projector_learning_rate,
     )
     resume = args.resume_from_checkpoint
     if resume in ("latest", "true", "True"):

@@ -176,6 +176,28 @@ def test_frozen_parameters_are_bit_identical(tmp_path, data):
     assert seen == {"vit": False, "llm": True}
 
 
+def test_projector_learning_rate_trains_the_projections_at_their_own_rate(tmp_path, data):
+    """--projector_learning_rate: the projections' optimizer groups get that peak rate (0 keeps them where they
+    started), everything else trains at --learning_rate under the same schedule."""
+    model_dir = make_model_dir(tmp_path / "model")
+    before = load_file(model_dir / "model.safetensors")
+    common = ["--stage", "vision-stage1", "--max_steps", "3", "--learning_rate", "1e-2"]
+    trainer = run_training(_args(model_dir, data, tmp_path / "out", *common, "--projector_learning_rate", "0"))
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    changed = {n.split(".")[1] for n in before if not torch.equal(before[n], after[n])}
+    assert changed == {"video_qformer", "video_position_embedding"}  # the projection stayed put
+    by_rate = {}
+    for group in trainer.optimizer.param_groups:
+        by_rate.setdefault(group["initial_lr"], set()).update(id(p) for p in group["params"])
+    projection = {id(p) for p in trainer.model.model.video_projection.parameters()}
+    assert set(by_rate) == {0.0, 1e-2} and by_rate[0.0] == projection
+    # default: one rate for everything that trains
+    trainer = run_training(_args(model_dir, data, tmp_path / "default", *common))
+    assert {group["initial_lr"] for group in trainer.optimizer.param_groups} == {1e-2}
+    with pytest.raises(ValueError, match="projector_learning_rate must be >= 0, got -1.0"):
+        run_training(_args(model_dir, data, tmp_path / "bad", *common, "--projector_learning_rate", "-1"))
+
+
 def test_resume_continues_at_the_right_step(tmp_path, data):
     model_dir = make_model_dir(tmp_path / "model")
     common = ["--stage", "vision-stage2", "--max_steps", "6", "--learning_rate", "1e-2", "--save_strategy", "steps",

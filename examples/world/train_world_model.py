@@ -612,6 +612,7 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--per_device_train_batch_size", str(cfg["batch_size"]),
         "--num_train_epochs", str(cfg["epochs"]),
         "--learning_rate", str(cfg["learning_rate"]),
+        "--projector_learning_rate", str(cfg.get("projector_learning_rate", cfg["learning_rate"])),
         "--lr_scheduler_type", "cosine",
         "--warmup_steps", "0.05",
         "--weight_decay", "0.01",
