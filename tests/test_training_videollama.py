@@ -196,6 +196,24 @@ def test_projector_learning_rate_trains_the_projections_at_their_own_rate(tmp_pa
     assert {group["initial_lr"] for group in trainer.optimizer.param_groups} == {1e-2}
     with pytest.raises(ValueError, match="projector_learning_rate must be >= 0, got -1.0"):
         run_training(_args(model_dir, data, tmp_path / "bad", *common, "--projector_learning_rate", "-1"))
+    # Trainer(optimizer_cls_and_kwargs=...) is honoured; optimizers that build their own groups are refused
+    from transformers import TrainingArguments
+
+    from transformers_videollama import VideoLlamaTrainer
+
+    model = VideoLlamaForConditionalGeneration.from_pretrained(model_dir)
+    freeze_for_training(model, load_training_preset("vision-stage1")["trainable_modules"])
+    args = TrainingArguments(output_dir=str(tmp_path / "sgd"), learning_rate=1e-2, use_cpu=True, report_to="none")
+    sgd = VideoLlamaTrainer(
+        model=model, args=args, projector_learning_rate=1e-3, optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 1e-2})
+    ).create_optimizer()
+    assert isinstance(sgd, torch.optim.SGD) and {group["lr"] for group in sgd.param_groups} == {1e-2, 1e-3}
+    own_groups = (torch.optim.SGD, {"lr": 1e-2, "params": list(model.parameters())})
+    trainer = VideoLlamaTrainer(
+        model=model, args=args, projector_learning_rate=1e-3, optimizer_cls_and_kwargs=own_groups
+    )
+    with pytest.raises(ValueError, match="projector_learning_rate does not combine with optimizer"):
+        trainer.create_optimizer()
 
 
 def test_resume_continues_at_the_right_step(tmp_path, data):

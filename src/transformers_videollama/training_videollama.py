@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_optimizer import is_optimizer_factory
 
 
 logger = logging.getLogger(__name__)
@@ -544,7 +545,13 @@ class VideoLlamaTrainer(Trainer):
             }
             for (decays, projection), params in groups.items()
         ]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        if self.optimizer_cls_and_kwargs is not None:  # Trainer(optimizer_cls_and_kwargs=...) as in the base class
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        if is_optimizer_factory(optimizer_cls) or {"params", "model"} & set(optimizer_kwargs):
+            # optimizers that build their own parameter groups (GaLore, LOMO, Muon, ...) would drop ours
+            raise ValueError(f"projector_learning_rate does not combine with optimizer {optimizer_cls!r}")
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
