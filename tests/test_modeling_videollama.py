@@ -219,6 +219,8 @@ def test_precomputed_frozen_outputs_stand_in_for_the_media(model):
         model.get_audio_features(audio_clip_embeds=torch.zeros(1, 8, 3))
     with pytest.raises(ValueError, match="Pass one of pixel_values_videos, frame_query_embeds"):
         model.generate(**one, pixel_values_videos=videos[:1], frame_query_embeds=frames[:1], **kwargs)
+    with pytest.raises(ValueError, match="Pass one of input_values, audio_clip_embeds or pre-computed audio"):
+        model.generate(**one, frame_query_embeds=frames[:1], input_values=audios, audio_clip_embeds=clips, **kwargs)
 
 
 def test_auto_classes(tmp_path, model):

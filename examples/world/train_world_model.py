@@ -612,7 +612,6 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--per_device_train_batch_size", str(cfg["batch_size"]),
         "--num_train_epochs", str(cfg["epochs"]),
         "--learning_rate", str(cfg["learning_rate"]),
-        "--projector_learning_rate", str(cfg.get("projector_learning_rate", cfg["learning_rate"])),
         "--lr_scheduler_type", "cosine",
         "--warmup_steps", "0.05",
         "--weight_decay", "0.01",
@@ -624,6 +623,8 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--use_cpu", "True",
         "--disable_tqdm", "True",
     ]  # fmt: skip
+    if "projector_learning_rate" in cfg:  # the projections at their own rate (default: the stage's)
+        argv += ["--projector_learning_rate", str(cfg["projector_learning_rate"])]
     trainer = train_videollama.run(argv)
     history = trainer.state.log_history
     losses = [entry["loss"] for entry in history if "loss" in entry]

@@ -457,10 +457,10 @@ def _encode_precompute_batch(
         item = {k: text[k] for k in ("input_ids", "attention_mask", "labels")}
         if text["videos"]:  # the collator gives a record at most one video
             taken, frame_outputs = frame_outputs[: text["videos"]], frame_outputs[text["videos"] :]
-            item["frame_query_embeds"] = torch.stack(taken).clone()  # (1, T, Q, Dq), own storage
+            item["frame_query_embeds"] = torch.stack(taken)  # (1, T, Q, Dq): a copy, not a view of the batch
         if text["audios"]:
             taken, clip_outputs = clip_outputs[: text["audios"]], clip_outputs[text["audios"] :]
-            item["audio_clip_embeds"] = torch.stack(taken).clone()  # (A, S, P)
+            item["audio_clip_embeds"] = torch.stack(taken)  # (A, S, P)
         items.append(item)
     return items
 

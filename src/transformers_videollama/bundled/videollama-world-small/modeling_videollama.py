@@ -148,18 +148,19 @@ class DecodeStepLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, out_features = self.weight, self.out_features
         rows = input.numel() // self.in_features if self.in_features else 0
-        blocks = min(torch.get_num_threads(), out_features)
-        while blocks > 1 and out_features % blocks:
-            blocks -= 1
         if (
-            blocks < 2
-            or not 0 < rows <= self.MAX_ROWS
+            not 0 < rows <= self.MAX_ROWS
             or torch.is_grad_enabled()
             or input.device.type != "cpu"
             or weight.device.type != "cpu"
             or not input.dtype == weight.dtype == torch.float32
             or not weight.is_contiguous()
         ):
+            return super().forward(input)
+        blocks = min(torch.get_num_threads(), out_features)  # one block of output rows per thread, if they divide
+        while blocks > 1 and out_features % blocks:
+            blocks -= 1
+        if blocks < 2:
             return super().forward(input)
         columns = input.reshape(rows, self.in_features).T  # (in, rows)
         blocked = weight.view(blocks, out_features // blocks, self.in_features)  # a view: no copy of the weight
