@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoModelForImageTextToText, AutoProcessor
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaForCausalLM
 
-import transformers_videollama  # noqa: F401  (registers the Auto classes)
+import transformers_videollama as tv  # registers the Auto classes
+from transformers_videollama import world_videollama as world
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +103,73 @@ def test_recipe_refuses_query_counts_that_do_not_match_the_media_text(tmp_path, 
     err = capsys.readouterr().err
     assert "need 8 / 4 query tokens" in err and "got 16 / 4" in err
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_language_model_reads_media_words_with_their_objects_bound_words():
+    recipe = _recipe_module()
+    scene = world.Scene(
+        objects=[
+            world.SceneObject("blue", "square", "still", (0.7, 0.5), 0.3),
+            world.SceneObject("red", "circle", "left", (0.3, 0.5), 0.3),
+        ],
+        sound=None,
+    )
+    spec = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())["lm"]["media_bindings"]
+    assert spec == {"shape": {"colour": 1.5}, "motion": {"shape": 1.5}}
+    assert recipe.media_text(scene) == " red circle left and blue square still none "
+    assert recipe.media_bindings(scene, spec) == [
+        [],
+        [("red", 1.5)],
+        [("circle", 1.5)],
+        [],
+        [],
+        [("blue", 1.5)],
+        [("square", 1.5)],
+        [],
+    ]
+    two = {"shape": {"colour": 1.0, "motion": 0.5}}
+    assert recipe.media_bindings(scene, two)[1] == [("red", 1.0), ("left", 0.5)]
+    tokenizer = tv.train_videollama_tokenizer(
+        [recipe.brief_text(scene, [], False)[0], "What colour is the square? The colour of the square is blue."] * 30,
+        vocab_size=420,
+        min_frequency=1,
+    )
+    qa = {"question": "What colour is the square?", "answer": "The colour of the square is blue."}
+    text, spans = recipe.brief_text(scene, [qa], False)
+    ids, labels, bound, scales = recipe.encode_language_model_text(tokenizer, text, spans, scene, spec)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    pairs = [
+        (tokens[i], tokenizer.convert_ids_to_tokens(b[0]), c[0]) for i, (b, c) in enumerate(zip(bound, scales)) if c[0]
+    ]
+    assert pairs == [
+        ("▁circle", "▁red", 1.5),
+        ("▁left", "▁circle", 1.5),
+        ("▁square", "▁blue", 1.5),
+        ("▁still", "▁square", 1.5),
+    ]
+    # only the answer (and its "###") is supervised
+    answer = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+    assert answer.strip() == "The colour of the square is blue.###"
+    # the bound words' embeddings are added, scaled, to the media word's; nothing else changes
+    config = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 128,
+    }
+    lm = LlamaForCausalLM(recipe.language_model_config(tokenizer, config))
+    table = lm.get_input_embeddings().weight
+    ids2, _, bound2, scales2 = recipe.encode_language_model_text(tokenizer, text, spans, scene, two)
+    embeds = recipe.bound_input_embeddings(lm, torch.tensor([ids2]), torch.tensor([bound2]), torch.tensor([scales2]))
+    circle = tokens.index("▁circle")
+    assert torch.allclose(
+        embeds[0, circle],
+        table[ids2[circle]]
+        + table[tokenizer.convert_tokens_to_ids("▁red")]
+        + 0.5 * table[tokenizer.convert_tokens_to_ids("▁left")],
+    )
+    unbound = [i for i, c in enumerate(scales2) if not any(c)]
+    assert torch.equal(embeds[0, unbound], table[[ids2[i] for i in unbound]])
+    with pytest.raises(ValueError, match="media text"):
+        recipe.encode_language_model_text(tokenizer, "no media here", [], scene, spec)

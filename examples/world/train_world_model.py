@@ -13,9 +13,11 @@ training entry point (`examples/train_videollama.py`) and the paper's freezing p
  2. tokenizer    BPE on the world's text with LLaMA's conventions          (`train_videollama_tokenizer`)
  3. stand-ins, each trained on its own:
       LLaMA          a small causal LM on world conversations in which the media are *written out as text*, one
-                     word per query token ("<Video> red circle left and blue square still none </Video>"): it learns
-                     the language and to answer from what the prompt says the video shows, as a pretrained LLM can;
-                     first on training-split scenes, then on the whole world (see `train_language_model`)
+                     word per query token ("<Video> red circle left and blue square still none </Video>"), some
+                     words read with another word of the same object added (`media_bindings`, as a video token
+                     describes one object): it learns the language and to answer from what the prompt says the
+                     video shows, as a pretrained LLM can; first on training-split scenes, then on the whole world
+                     (see `train_language_model`)
       EVA-CLIP + BLIP-2 Q-Former   the frame encoder: ViT (patch positions start as a 2-D sin-cos code) +
                      Q-Former queries trained on single images of the whole world (every colour-shape pair, as
                      EVA-CLIP has seen them all) to tell each object's colour, shape and position, as BLIP-2's
@@ -111,6 +113,29 @@ def media_text(scene: world.Scene) -> str:
     return _slots(words, MEDIA_WORDS)
 
 
+def media_bindings(scene: world.Scene, spec: dict[str, dict[str, float]]) -> list[list[tuple[str, float]]]:
+    """For each word of `media_text`, the words the LLM stand-in reads *added* to it, with their scales: `spec` maps
+    a media role ("colour", "shape", "motion") to the roles of the same object added to it. The recipe's
+    {"shape": {"colour": 1.5}, "motion": {"shape": 1.5}} reads "red circle left" as red, circle+1.5*red,
+    left+1.5*circle.
+
+    A video query token describes one object, so the token standing for the cross can carry its colour, and the one
+    standing for its motion the cross; a word of plain text cannot, and a 2-layer LM has to bind "blue" to "square"
+    through attention across positions (an induction circuit), which it learned late and unreliably (83 % of
+    two-object colour / motion questions with the media written out). With bound words it answers every one of them
+    in one attention step after the question's shape word. Which way round matters for the video Q-Former: the
+    colour added to the shape word (not the shape to the colour word) is what it carries over to colour-shape pairs
+    it never saw in training (see the README).
+    """
+    words: list[list[tuple[str, float]]] = []
+    for k, obj in enumerate(scene.sorted_objects()):
+        roles = {"colour": obj.colour, "shape": obj.shape, "motion": obj.motion}
+        words += ([] if k == 0 else [[]]) + [
+            [(roles[bound], scale) for bound, scale in spec.get(role, {}).items()] for role in roles
+        ]
+    return words + [[] for _ in range(MEDIA_WORDS - len(words))]
+
+
 def sound_media_text(scene: world.Scene) -> str:
     """What is heard, in place of the audio placeholders: `AUDIO_WORDS` words ("a high tone none")."""
     return _slots(world.SOUND_TEXT[scene.sound].split(), AUDIO_WORDS)
@@ -193,46 +218,85 @@ def sample_conversation(scene: world.Scene, rng: np.random.Generator, with_audio
 # -- 3a. the LLM stand-in ---------------------------------------------------------------------------------------------
 
 
-def train_language_model(
-    phases: list[tuple[list[tuple[str, list]], int, float]], tokenizer, cfg: dict, model_cfg: dict, seed: int
-) -> LlamaForCausalLM:
-    """A small LLaMA trained on the world's conversations, with the media written out as text.
+def encode_language_model_text(
+    tokenizer, text: str, spans: list[tuple[int, int]], scene: world.Scene, spec: dict[str, dict[str, float]]
+) -> tuple[list[int], list[int], list[list[int]], list[list[float]]]:
+    """Token ids, labels (the answers in `spans`, -100 elsewhere) and, per token, the ids and scales of the words its
+    embedding is read with (`media_bindings`; id 0 with scale 0 where none) of a conversation about `scene` with the
+    media written out."""
+    encoding = tokenizer(text, return_offsets_mapping=True)
+    labels = [  # supervise the answers (+ their "###"), as an instruction-tuned LLM (Vicuna) was
+        i if any(s < end and e > start for start, end in spans) and e > s else -100
+        for i, (s, e) in zip(encoding.input_ids, encoding.offset_mapping)
+    ]
+    media = media_text(scene)
+    start = text.find(media)
+    if start < 0:
+        raise ValueError(f"scene {scene.id}: its media text {media!r} is not in the conversation")
+    width = max([len(bound) for bound in spec.values()] + [1])
+    ranges, cursor = [], start + 1
+    for word, bound in zip(media.split(), media_bindings(scene, spec)):
+        ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w)[0]) for w, _ in bound]
+        ranges.append((cursor, cursor + len(word), ids, [scale for _, scale in bound]))
+        cursor += len(word) + 1
+    bound_ids, bound_scales = [], []
+    for s, e in encoding.offset_mapping:
+        ids, scales = next(((i, c) for ws, we, i, c in ranges if s < we and e > ws and e > s), ([], []))
+        bound_ids.append(ids + [0] * (width - len(ids)))
+        bound_scales.append(scales + [0.0] * (width - len(scales)))
+    return encoding.input_ids, labels, bound_ids, bound_scales
 
-    `phases`: (texts, steps, learning rate) trained in turn, each with its own warm-up and cosine decay. The recipe's curriculum:
-    first conversations about training-split scenes, then about the whole world. Whole-world text alone never got
-    the 2-layer LM to bind attributes to shapes in two-object scenes (it picks either object's colour: ~55 %); the
-    training split's shape-colour correlations lead it into binding (~88 %), but leave it sure that a triangle is
-    never red (2/12 on held-out pairs in two-object scenes). The second phase removes that prior, as a pretrained
-    LLM has none: it has read about red triangles.
+
+def bound_input_embeddings(
+    lm: LlamaForCausalLM, ids: torch.Tensor, bound_ids: torch.Tensor, bound_scales: torch.Tensor
+) -> torch.Tensor:
+    """The LLM stand-in's input (B, L, H): word embeddings plus the scaled embeddings of the bound words
+    (`bound_ids` / `bound_scales`: (B, L, K))."""
+    embed = lm.get_input_embeddings()
+    return embed(ids) + (embed(bound_ids) * bound_scales.unsqueeze(-1).to(embed.weight.dtype)).sum(-2)
+
+
+def train_language_model(
+    phases: list[tuple[list[tuple[str, list, world.Scene]], int, float]],
+    tokenizer,
+    cfg: dict,
+    model_cfg: dict,
+    seed: int,
+) -> LlamaForCausalLM:
+    """A small LLaMA trained on the world's conversations, with the media written out as text (some media words read
+    with another word of the same object added: `media_bindings`, `cfg["media_bindings"]`).
+
+    `phases`: ((text, answer spans, scene), steps, learning rate) trained in turn, each with its own warm-up and
+    cosine decay. The recipe's curriculum: first conversations about training-split scenes, then about the whole
+    world. The training split's shape-colour correlations leave the LM sure that a triangle is never red (2/12 on
+    held-out pairs in two-object scenes after that phase alone); the second phase removes that prior, as a
+    pretrained LLM has none: it has read about red triangles.
     """
     torch.manual_seed(seed)
     model = LlamaForCausalLM(language_model_config(tokenizer, model_cfg))
     model.train()
     for phase, (texts, steps, learning_rate) in enumerate(phases):
-        encoded = []
-        for text, spans in texts:  # supervise the answers (+ their "###"), as an instruction-tuned LLM (Vicuna) was
-            enc = tokenizer(text, return_offsets_mapping=True)
-            labels = [
-                i if any(s < end and e > start for start, end in spans) and e > s else -100
-                for i, (s, e) in zip(enc.input_ids, enc.offset_mapping)
-            ]
-            encoded.append((enc.input_ids, labels))
+        encoded = [encode_language_model_text(tokenizer, *text, cfg["media_bindings"]) for text in texts]
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
         schedule = _warmup_cosine(optimizer, steps)
         rng = random.Random(seed + phase)
         for step in range(steps):
             batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg["batch_size"])]
-            length = max(len(seq) for seq, _ in batch)
+            length, width = max(len(row[0]) for row in batch), len(batch[0][2][0])
             ids = torch.full((len(batch), length), tokenizer.pad_token_id)
             labels = torch.full((len(batch), length), -100)
+            bound_ids = torch.zeros((len(batch), length, width), dtype=torch.long)
+            bound_scales = torch.zeros((len(batch), length, width))
             mask = torch.zeros((len(batch), length), dtype=torch.long)
-            for row, (seq, lab) in enumerate(batch):
+            for row, (seq, lab, bound, scales) in enumerate(batch):
                 ids[row, : len(seq)], labels[row, : len(seq)], mask[row, : len(seq)] = (
                     torch.tensor(seq),
                     torch.tensor(lab),
                     1,
                 )
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                bound_ids[row, : len(seq)], bound_scales[row, : len(seq)] = torch.tensor(bound), torch.tensor(scales)
+            embeds = bound_input_embeddings(model, ids, bound_ids, bound_scales)
+            loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
             _optimizer_step(loss, list(model.parameters()), optimizer, schedule)
             if step % 100 == 0 or step == steps - 1:
                 logger.info("  LM phase %d step %d/%d loss %.3f", phase + 1, step, steps, loss.item())
@@ -439,7 +503,12 @@ def _job_setup() -> float:
     return time.perf_counter()
 
 
-def text_accuracy(lm: LlamaForCausalLM, processor: tv.VideoLlamaProcessor, scenes: list[world.Scene]) -> dict:
+def text_accuracy(
+    lm: LlamaForCausalLM,
+    processor: tv.VideoLlamaProcessor,
+    scenes: list[world.Scene],
+    bindings: dict[str, dict[str, float]],
+) -> dict:
     """Greedy exact match of the LLM stand-in per question type, with the media *written out* in the demo prompt:
     what the assembled Video-LLaMA can at best reach once its Q-Formers speak the LLM's language."""
     tokenizer, hits = processor.tokenizer, {}
@@ -448,10 +517,17 @@ def text_accuracy(lm: LlamaForCausalLM, processor: tv.VideoLlamaProcessor, scene
             if qa["type"] == "describe":
                 continue
             text, spans = conversation_text(processor, scene, [qa], scene.sound is not None)
-            ids = tokenizer(text[: spans[0][0]], return_tensors="pt").input_ids
+            ids, _, bound, scales = encode_language_model_text(tokenizer, text[: spans[0][0]], [], scene, bindings)
+            ids = torch.tensor([ids])
             with torch.no_grad():
-                out = lm.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("#")[0]
+                out = lm.generate(
+                    inputs_embeds=bound_input_embeddings(lm, ids, torch.tensor([bound]), torch.tensor([scales])),
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=16,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            answer = tokenizer.decode(out[0], skip_special_tokens=True).split("#")[0]
             key = f"{qa['type']}_{len(scene.objects)}obj"
             hits.setdefault(key, []).append(world.normalize_answer(answer) == world.normalize_answer(qa["answer"]))
     return {key: round(sum(v) / len(v), 3) for key, v in sorted(hits.items())}
@@ -464,7 +540,7 @@ def _language_model_job(phases: list, processor_dir: str, cfg: dict, path: Path)
     save_file({k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}, str(path))  # tied
     seconds = round(time.perf_counter() - start, 1)
     probe = list(world.iter_scenes("any", cfg["lm"]["probe_scenes"], cfg["seed"] + 5))
-    return seconds, text_accuracy(lm, processor, probe)
+    return seconds, text_accuracy(lm, processor, probe, cfg["lm"]["media_bindings"])
 
 
 def _encoders_job(config: dict, cfg: dict, path: Path) -> tuple[dict, dict]:
@@ -686,13 +762,14 @@ def main(argv: list[str] | None = None) -> int:
             with_audio = scene.sound is not None and rng.random() < 0.9
             brief = rng.random() < lm_cfg["brief_fraction" if split == "train" else "whole_world_brief_fraction"]
             conversation = sample_conversation(scene, rng, with_audio, max_turns=3 if brief else 2)
-            texts[split].append(
+            text, spans = (
                 brief_text(scene, conversation, with_audio)
                 if brief
                 else conversation_text(bootstrap, scene, conversation, with_audio)
             )
+            texts[split].append((text, spans, scene))
     tokenizer = tv.train_videollama_tokenizer(
-        [t for split in texts.values() for t, _ in split], vocab_size=cfg["tokenizer"]["vocab_size"]
+        [t for split in texts.values() for t, _, _ in split], vocab_size=cfg["tokenizer"]["vocab_size"]
     )
     sound_words = {w for text in world.SOUND_TEXT.values() for w in text.split()}
     for word in ("and", "none", *world.COLOURS, *world.SHAPES, *world.MOTIONS, *sound_words):
