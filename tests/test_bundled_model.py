@@ -3,9 +3,10 @@
 The held-out split has colour-shape and shape-motion pairs the model never saw in training, and resolutions, frame
 rates, durations and audio formats beyond training. The sample is fixed (seed) and differs from the one the recipe
 reports in the README. Exact counts on this sample (greedy, float32, CPU): sound 33/33, no sound 7/7, count 40/40,
-colour 51/54, shape 40/40, motion 40/54. Sound and "no sound" meet the bounds the model is meant to reach (>= 90 %),
-and so does shape on the whole held-out split (95.3 %); colour (>= 95 %; 86.9 %) and motion (>= 90 %; 77.4 %) do
-not yet: the floors below guard what it does today (one or two answers of slack for float noise on another CPU).
+colour 52/54, shape 38/40, motion 53/54. On the whole held-out split (README) the model meets the targets for
+colour (97.7 %, >= 95 %), motion (96.8 %, >= 90 %), sound and no sound (100 %, >= 90 %), but not for shape (88.0 %,
+>= 95 %; this sample happens to reach 95 %). The floors below: the targets for motion, sound and no sound; for
+colour and shape what the model does on this sample less one answer (51/54, 37/40) for float noise on another CPU.
 """
 
 import json
@@ -21,7 +22,7 @@ from transformers_videollama import world_videollama as world
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "src" / "transformers_videollama" / "bundled" / "videollama-world-small"
-BOUNDS = {"sound": 0.90, "no_sound": 0.90, "count": 0.95, "colour": 0.90, "shape": 0.95, "motion": 0.70}
+BOUNDS = {"sound": 0.90, "no_sound": 0.90, "count": 0.95, "colour": 0.94, "shape": 0.925, "motion": 0.90}
 
 
 @pytest.fixture(scope="module")
