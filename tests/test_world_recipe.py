@@ -173,3 +173,16 @@ def test_language_model_reads_media_words_with_their_objects_bound_words():
     assert torch.equal(embeds[0, unbound], table[[ids2[i] for i in unbound]])
     with pytest.raises(ValueError, match="media text"):
         recipe.encode_language_model_text(tokenizer, "no media here", [], scene, spec)
+
+
+def test_recipe_refuses_media_bindings_it_cannot_read(tmp_path, capsys):
+    recipe = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())
+    recipe["lm"]["media_bindings"] = {"shape": {"size": 1.0}}
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe_module().main(["--output", str(tmp_path / "run"), "--recipe", str(path), "--smoke"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lm.media_bindings" in err and "shape: {'size': 1.0}" in err
+    assert not (tmp_path / "run").exists()  # refused before any work

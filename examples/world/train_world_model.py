@@ -236,6 +236,7 @@ def encode_language_model_text(
     width = max([len(bound) for bound in spec.values()] + [1])
     ranges, cursor = [], start + 1
     for word, bound in zip(media.split(), media_bindings(scene, spec)):
+        # media words are one token each (main checks it; the smoke run's tiny tokenizer may split one: first piece)
         ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w)[0]) for w, _ in bound]
         ranges.append((cursor, cursor + len(word), ids, [scale for _, scale in bound]))
         cursor += len(word) + 1
@@ -738,6 +739,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.recipe}: the video / audio Q-Formers need {MEDIA_WORDS} / {AUDIO_WORDS} query tokens "
             f"(one per word of the media text the LLM stand-in is trained on), got {queries[0]} / {queries[1]}"
         )
+    bindings = cfg["lm"].get("media_bindings", {})
+    roles = {"colour", "shape", "motion"}
+    bad = [
+        f"{role}: {bound}"
+        for role, bound in bindings.items()
+        if role not in roles
+        or not isinstance(bound, dict)
+        or any(r not in roles or isinstance(c, bool) or not isinstance(c, (int, float)) for r, c in bound.items())
+    ]
+    if bad:
+        parser.error(
+            f"{args.recipe}: lm.media_bindings maps a media role to {{role: scale}} of the same object's words, "
+            f"roles {sorted(roles)}; cannot read {'; '.join(map(str, bad))}"
+        )
+    cfg["lm"]["media_bindings"] = bindings
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
