@@ -92,17 +92,22 @@ def test_frame_encoder_starts_from_a_2d_sincos_patch_code():
         _recipe_module().sincos_position_embedding(130, 8)
 
 
-def test_recipe_refuses_query_counts_that_do_not_match_the_media_text(tmp_path, capsys):
+def _refusal(tmp_path, capsys, edit) -> str:
+    """Run the recipe on recipe.json changed by `edit`; it must exit 2 before any work. Returns stderr."""
     recipe = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())
-    recipe["model"]["video_qformer"]["num_query_tokens"] = 16
+    edit(recipe)
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(recipe))
     with pytest.raises(SystemExit) as exit_info:
         _recipe_module().main(["--output", str(tmp_path / "run"), "--recipe", str(path), "--smoke"])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "need 8 / 4 query tokens" in err and "got 16 / 4" in err
     assert not (tmp_path / "run").exists()  # refused before any work
+    return capsys.readouterr().err
+
+
+def test_recipe_refuses_query_counts_that_do_not_match_the_media_text(tmp_path, capsys):
+    err = _refusal(tmp_path, capsys, lambda r: r["model"]["video_qformer"].update(num_query_tokens=16))
+    assert "need 8 / 4 query tokens" in err and "got 16 / 4" in err
 
 
 def test_language_model_reads_media_words_with_their_objects_bound_words():
@@ -176,13 +181,5 @@ def test_language_model_reads_media_words_with_their_objects_bound_words():
 
 
 def test_recipe_refuses_media_bindings_it_cannot_read(tmp_path, capsys):
-    recipe = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())
-    recipe["lm"]["media_bindings"] = {"shape": {"size": 1.0}}
-    path = tmp_path / "recipe.json"
-    path.write_text(json.dumps(recipe))
-    with pytest.raises(SystemExit) as exit_info:
-        _recipe_module().main(["--output", str(tmp_path / "run"), "--recipe", str(path), "--smoke"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
+    err = _refusal(tmp_path, capsys, lambda r: r["lm"].update(media_bindings={"shape": {"size": 1.0}}))
     assert "lm.media_bindings" in err and "shape: {'size': 1.0}" in err
-    assert not (tmp_path / "run").exists()  # refused before any work
