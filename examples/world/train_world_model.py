@@ -122,8 +122,8 @@ def media_bindings(scene: world.Scene, spec: dict[str, dict[str, float]]) -> lis
     A video query token describes one object, so the token standing for the cross can carry its colour, and the one
     standing for its motion the cross; a word of plain text cannot, and a 2-layer LM has to bind "blue" to "square"
     through attention across positions (an induction circuit), which it learned late and unreliably (83 % of
-    two-object colour / motion questions with the media written out). With bound words it answers every one of them
-    in one attention step after the question's shape word. Which way round matters for the video Q-Former: the
+    two-object colour / motion questions with the media written out). Bound words leave one lookup from the
+    question's shape word (the intent); measured: it then answers every one of them. Which way round matters for the video Q-Former: the
     colour added to the shape word (not the shape to the colour word) is what it carries over to colour-shape pairs
     it never saw in training (see the README).
     """
