@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _videollama_media import MEDIA, PREPROCESS, write_audio_only, write_empty_video, write_video
 
+from transformers_videollama import media_io_videollama
 from transformers_videollama.media_io_videollama import (
     CorruptAudioError,
     MediaDecodeError,
@@ -85,6 +86,28 @@ def test_seeking_returns_the_same_frames_as_decoding_everything(tmp_path):
         every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     for k, i in enumerate(indices):
         np.testing.assert_array_equal(frames[k], every[i])
+
+
+def test_reused_resize_graphs_give_the_frames_of_fresh_ones(tmp_path, monkeypatch):
+    # Graphs are kept per thread and reused across videos: interleaving sources of different sizes, output sizes
+    # and a reference clip must give exactly what a freshly built graph gives, and the cache must stay bounded.
+    a = write_video(tmp_path / "a.mp4", num_frames=6, size=(32, 48))
+    b = write_video(tmp_path / "b.mp4", num_frames=6, size=(40, 40))
+    calls = [(a, (32, 48)), (b, (24, 24)), (MEDIA / "dog_barking.mp4", (224, 224)), (a, (24, 24)), (b, (24, 24))]
+
+    def fresh(path, size):
+        media_io_videollama._GRAPHS.graphs = {}
+        return read_video_frames(path, size=size)[0]
+
+    expected = [fresh(path, size) for path, size in calls]
+    media_io_videollama._GRAPHS.graphs = {}
+    monkeypatch.setattr(media_io_videollama, "_MAX_GRAPHS", 2)  # also exercise eviction
+    for _ in range(2):
+        for (path, size), want in zip(calls, expected):
+            np.testing.assert_array_equal(read_video_frames(path, size=size)[0], want)
+            assert len(media_io_videollama._GRAPHS.graphs) <= 2
+    ref = _reference("dog_barking")["video"]["frames_uint8"]["sha256"]
+    assert hashlib.sha256(read_video_frames(MEDIA / "dog_barking.mp4")[0].tobytes()).hexdigest() == ref
 
 
 def test_fps_sampling_and_short_videos(tmp_path):

@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -265,7 +266,12 @@ def probe_video(source: MediaSource) -> VideoStreamInfo:
 
 
 class _Resizer:
-    """One FFmpeg filter graph `[transpose ->] scale=W:H:flags=bilinear -> format=rgb24`, rebuilt if frames change."""
+    """One FFmpeg filter graph `[transpose ->] scale=W:H:flags=bilinear -> format=rgb24`, rebuilt if frames change.
+
+    Configured graphs are kept per thread (`_graph_for`): building one and pushing its first frame costs ~10 ms,
+    about as much as decoding the 8 frames of a small clip, and a batch of videos from one source mostly shares
+    the frame size and pixel format.
+    """
 
     def __init__(self, width: int, height: int, interpolation: str = "bilinear"):
         self.width, self.height, self.interpolation = width, height, interpolation
@@ -274,37 +280,72 @@ class _Resizer:
 
     def __call__(self, frame: Any) -> np.ndarray:
         rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
-        key = (frame.width, frame.height, frame.format.name, rotation)
+        # everything the graph is configured from (the buffer source's size and format, the colour properties the
+        # scaler reads, the rotation, the output); not the time base, which the pixels never depend on
+        key = (
+            frame.width,
+            frame.height,
+            frame.format.name,
+            getattr(frame, "colorspace", None),
+            getattr(frame, "color_range", None),
+            rotation,
+            self.width,
+            self.height,
+            self.interpolation,
+        )
         if key != self._key:
-            self._build(frame, rotation)
+            self._graph = _graph_for(key, frame, rotation, self.width, self.height, self.interpolation)
             self._key = key
         self._graph.vpush(frame)
         return self._graph.vpull().to_ndarray()
 
-    def _build(self, frame: Any, rotation: int) -> None:
-        graph = av.filter.Graph()
-        node = graph.add_buffer(
-            width=frame.width,
-            height=frame.height,
-            format=frame.format.name,
-            time_base=frame.time_base or Fraction(1, 1),
-        )
-        # FFmpeg/decord convention: the display matrix angle is counter-clockwise; a phone video shot in portrait has
-        # -90 (i.e. 270), which FFmpeg's autorotate (and decord) undo with `transpose=clock`.
-        clockwise = (-rotation) % 360
-        transposes = {90: ["clock"], 180: ["clock", "clock"], 270: ["cclock"]}.get(clockwise, [])
-        for direction in transposes:
-            nxt = graph.add("transpose", direction)
-            node.link_to(nxt)
-            node = nxt
-        scale = graph.add("scale", f"{self.width}:{self.height}:flags={self.interpolation}")
-        fmt = graph.add("format", "rgb24")
-        sink = graph.add("buffersink")
-        node.link_to(scale)
-        scale.link_to(fmt)
-        fmt.link_to(sink)
-        graph.configure()
-        self._graph = graph
+
+_GRAPHS = threading.local()
+_MAX_GRAPHS = 8  # per thread; one per distinct (input size, format, rotation, output size) in use
+
+
+def _graph_for(key: tuple, frame: Any, rotation: int, width: int, height: int, interpolation: str) -> Any:
+    """A configured graph for `key`, from this thread's cache (least recently used dropped past `_MAX_GRAPHS`).
+
+    Reuse is safe because every filter in it is one frame in, one frame out (none holds frames back), so a graph
+    is empty again after each `vpull`; per thread because a graph is not safe to share between threads.
+    """
+    graphs = getattr(_GRAPHS, "graphs", None)
+    if graphs is None:
+        graphs = _GRAPHS.graphs = {}
+    graph = graphs.pop(key, None)
+    if graph is None:
+        graph = _build_graph(frame, rotation, width, height, interpolation)
+        if len(graphs) >= _MAX_GRAPHS:
+            graphs.pop(next(iter(graphs)))
+    graphs[key] = graph  # (re)inserted last: the dict's order is the recency order
+    return graph
+
+
+def _build_graph(frame: Any, rotation: int, width: int, height: int, interpolation: str) -> Any:
+    graph = av.filter.Graph()
+    node = graph.add_buffer(
+        width=frame.width,
+        height=frame.height,
+        format=frame.format.name,
+        time_base=frame.time_base or Fraction(1, 1),
+    )
+    # FFmpeg/decord convention: the display matrix angle is counter-clockwise; a phone video shot in portrait has
+    # -90 (i.e. 270), which FFmpeg's autorotate (and decord) undo with `transpose=clock`.
+    clockwise = (-rotation) % 360
+    transposes = {90: ["clock"], 180: ["clock", "clock"], 270: ["cclock"]}.get(clockwise, [])
+    for direction in transposes:
+        nxt = graph.add("transpose", direction)
+        node.link_to(nxt)
+        node = nxt
+    scale = graph.add("scale", f"{width}:{height}:flags={interpolation}")
+    fmt = graph.add("format", "rgb24")
+    sink = graph.add("buffersink")
+    node.link_to(scale)
+    scale.link_to(fmt)
+    fmt.link_to(sink)
+    graph.configure()
+    return graph
 
 
 def resize_rgb_frames(frames: np.ndarray, width: int, height: int, interpolation: str = "bilinear") -> np.ndarray:
