@@ -3,6 +3,8 @@
 import hashlib
 import io
 import json
+import multiprocessing
+import sys
 
 import av
 import numpy as np
@@ -108,6 +110,23 @@ def test_reused_resize_graphs_give_the_frames_of_fresh_ones(tmp_path, monkeypatc
             assert len(media_io_videollama._GRAPHS.graphs) <= 2
     ref = _reference("dog_barking")["video"]["frames_uint8"]["sha256"]
     assert hashlib.sha256(read_video_frames(MEDIA / "dog_barking.mp4")[0].tobytes()).hexdigest() == ref
+
+
+def _decode_in_worker(path):
+    return read_video_frames(path, size=(24, 24))[0]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs fork")
+def test_forked_workers_do_not_use_the_parents_graphs(tmp_path):
+    # DataLoader workers are forked after the parent has decoded (e.g. the training recipe's first videos): a graph
+    # inherited through fork hung the child on its first frame. The child must build its own and decode the same.
+    path = write_video(tmp_path / "a.mp4", num_frames=6, size=(32, 48))
+    expected = _decode_in_worker(path)  # the parent now holds a graph for this key
+    assert media_io_videollama._GRAPHS.graphs
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        frames = pool.apply_async(_decode_in_worker, (path,)).get(timeout=60)
+    np.testing.assert_array_equal(frames, expected)
 
 
 def test_fps_sampling_and_short_videos(tmp_path):

@@ -302,6 +302,19 @@ class _Resizer:
 
 _GRAPHS = threading.local()
 _MAX_GRAPHS = 8  # per thread; one per distinct (input size, format, rotation, output size) in use
+_INHERITED_GRAPHS: list[Any] = []
+
+
+def _forget_graphs_after_fork() -> None:
+    # A forked child (DataLoader workers) must not touch its parent's graphs: FFmpeg's worker threads did not survive
+    # the fork, and using one hung the child. They are kept referenced, never freed (freeing can wait on those threads).
+    global _GRAPHS
+    _INHERITED_GRAPHS.append(_GRAPHS)
+    _GRAPHS = threading.local()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_graphs_after_fork)
 
 
 def _graph_for(key: tuple, frame: Any, rotation: int, width: int, height: int, interpolation: str) -> Any:
