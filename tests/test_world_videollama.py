@@ -152,3 +152,20 @@ def test_split_files_and_idempotent_rewrite(split):
     world.generate_split(split, "train", 12, seed=3)
     after = {p.name: p.stat().st_mtime_ns for p in (split / "videos").glob("*.mp4")}
     assert before == after  # existing videos of the same scenes are not rewritten
+
+
+def test_sharded_writes_add_up_to_the_split(split, tmp_path):
+    # Two processes can write one split's videos (shard=(k, 2)); a last unsharded call writes only the jsonl files,
+    # which equal those of a split written in one go.
+    out = tmp_path / "sharded"
+    world.generate_split(out, "train", 12, seed=3, shard=(1, 2))
+    assert len(list((out / "videos").glob("*.mp4"))) == 6 and not (out / "qa.jsonl").exists()
+    world.generate_split(out, "train", 12, seed=3, shard=(0, 2))
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")}
+    assert sorted(written) == sorted(p.name for p in (split / "videos").glob("*.mp4"))
+    world.generate_split(out, "train", 12, seed=3)
+    assert written == {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")}  # none rewritten
+    for name in ("qa.jsonl", "train.jsonl", "scenes.jsonl"):
+        assert (out / name).read_text().replace(str(out), "") == (split / name).read_text().replace(str(split), "")
+    with pytest.raises(ValueError, match="shard must be"):
+        world.generate_split(out, "train", 12, seed=3, shard=(2, 2))

@@ -418,8 +418,10 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
             "colour": heads["colour"](slots[:, :, 0]),
             "shape": heads["shape"](slots[:, :, 1]),
         }
+        class_weights = {"present": 1.0, "colour": 1.0, "shape": cfg.get("shape_loss_weight", 1.0)}
         loss = sum(
-            nn.functional.cross_entropy(logits[name].flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
+            class_weights[name]
+            * nn.functional.cross_entropy(logits[name].flatten(0, 1), target[..., k].flatten(), ignore_index=-100)
             for k, name in enumerate(("present", "colour", "shape"))
         )
         xy = torch.cat([heads["x"](slots[:, :, 2]), heads["y"](slots[:, :, 3])], dim=-1)  # (B, slot, 2)
@@ -427,7 +429,9 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
         # The position weight grows from 5 to `position_loss_weight` over the first half: held at 5 the position (y
         # in particular) stays on a plateau behind the class losses; at 50 from the start the class losses barely
         # move (shape ~55 % per frame after 1400 steps)
-        weight = 5 + (cfg["position_loss_weight"] - 5) * min(1.0, step / (0.5 * cfg["steps"]))
+        weight = 5 + (cfg["position_loss_weight"] - 5) * min(
+            1.0, step / (cfg.get("position_ramp", 0.5) * cfg["steps"])
+        )
         loss = loss + weight * nn.functional.mse_loss(xy[known], where[known])
         _optimizer_step(loss, params, optimizer, schedule)
         if step % 100 == 0 or step == cfg["steps"] - 1:
@@ -562,18 +566,22 @@ def _encoders_job(config: dict, cfg: dict, path: Path) -> tuple[dict, dict]:
     return metrics, seconds
 
 
-def _world_job(folder: str, world_cfg: dict, seed: int) -> float:
-    """Step 1's videos: the training split and the held-out split as mp4 files (H.264 + AAC)."""
+def _world_job(folder: str, world_cfg: dict, seed: int, shard: tuple[int, int]) -> float:
     start = _job_setup()
-    world.generate_split(
-        Path(folder) / "train",
-        "train",
-        world_cfg["train_videos"],
-        seed,
-        two_object_fraction=world_cfg.get("train_two_object_fraction"),
-    )
-    world.generate_split(Path(folder) / "heldout", "heldout", world_cfg["heldout_videos"], seed)  # the world's mix
+    write_world(folder, world_cfg, seed, shard)
     return round(time.perf_counter() - start, 1)
+
+
+def write_world(folder: str, world_cfg: dict, seed: int, shard: tuple[int, int] | None = None) -> None:
+    """Step 1's videos: the training split and the held-out split (the world's own mix) as mp4 files (H.264 + AAC);
+    with `shard=(k, n)` only every n-th video from the k-th and no jsonl files, which a call without a shard writes
+    (videos already there are not written again)."""
+    train_fraction = world_cfg.get("train_two_object_fraction")
+    train = Path(folder) / "train"
+    world.generate_split(
+        train, "train", world_cfg["train_videos"], seed, two_object_fraction=train_fraction, shard=shard
+    )
+    world.generate_split(Path(folder) / "heldout", "heldout", world_cfg["heldout_videos"], seed, shard=shard)
 
 
 # -- 4. assembly --------------------------------------------------------------------------------------------------
@@ -810,11 +818,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
         lm_job = pool.submit(_language_model_job, phases, str(out / "processor"), cfg, out / "lm.safetensors")
         encoders_job = pool.submit(_encoders_job, config.to_dict(), cfg, out / "encoders.safetensors")
-        # the world's videos: written by whichever process is free first (the encoders finish well before the LLM)
-        world_job = pool.submit(_world_job, str(out / "world"), cfg["world"], seed)
+        # the world's videos, in two halves: each written by whichever process is free first (the two stand-in jobs
+        # end within a minute of each other)
+        world_jobs = [pool.submit(_world_job, str(out / "world"), cfg["world"], seed, (k, 2)) for k in range(2)]
         encoder_metrics, encoder_seconds = encoders_job.result()
-        world_seconds = world_job.result()
+        world_seconds = round(sum(job.result() for job in world_jobs), 1)
         lm_seconds, lm_text = lm_job.result()
+    write_world(str(out / "world"), cfg["world"], seed)  # the jsonl files (every video is there: nothing to write)
     summary["metrics"].update(encoder_metrics)
     summary["metrics"]["language_model_text_accuracy"] = lm_text
     summary["parallel_seconds"] = {"language model": lm_seconds, **encoder_seconds, "world videos": world_seconds}

@@ -502,17 +502,24 @@ def generate_split(
     seed: int = 0,
     progress: bool = False,
     two_object_fraction: float | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Write a split: `videos/*.mp4`, `qa.jsonl` (evaluation), `train.jsonl` (training conversations), `scenes.jsonl`.
 
     Returns the path of `qa.jsonl`. Idempotent: existing videos with the same scene are not rewritten.
     `two_object_fraction`: see `iter_scenes` (default: the world's own 30 %).
+    `shard=(k, n)`: write only the videos of scenes k, k + n, k + 2n, ... and no jsonl file, so that n processes can
+    write one split's videos in parallel; a final call without `shard` then only writes the jsonl files.
     """
+    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
     out = Path(output_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 2])
     qa_lines, train_lines, scene_lines = [], [], []
     scenes = list(iter_scenes(split, num_videos, seed, two_object_fraction))
+    if shard is not None:
+        scenes = scenes[shard[0] :: shard[1]]
     iterator: Any = scenes
     if progress:
         from tqdm.auto import tqdm
@@ -525,6 +532,8 @@ def generate_split(
         if not (marker.is_file() and marker.read_text() == record and (out / rel).is_file()):
             write_video(scene, out / rel)
             marker.write_text(record)
+        if shard is not None:
+            continue
         has_audio = scene.sound is not None
         for qa in questions(scene, rng):
             qa_lines.append({"video": rel, "audio": has_audio, **qa})
@@ -533,6 +542,8 @@ def generate_split(
             conversations += [{"from": "human", "value": qa["question"]}, {"from": "gpt", "value": qa["answer"]}]
         train_lines.append({"video": rel, "audio": has_audio, "conversations": conversations})
         scene_lines.append(asdict(scene))
+    if shard is not None:
+        return out / "qa.jsonl"  # written by the last, unsharded call
     for name, lines in (("qa.jsonl", qa_lines), ("train.jsonl", train_lines), ("scenes.jsonl", scene_lines)):
         with open(out / name, "w", encoding="utf-8") as handle:
             for line in lines:
