@@ -418,10 +418,10 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
             "colour": heads["colour"](slots[:, :, 0]),
             "shape": heads["shape"](slots[:, :, 1]),
         }
-        # Shape at 2.5x the other class losses: at 1x it sat at ~55 % per frame for half the run behind the position
-        # loss and ended at 96 % (89 % for the right-hand object of held-out videos), which capped the model's shape
-        # answers; 2.5x: 97-98 % on held-out video frames. 5x did as well on frames, but the final model then read
-        # motion off the shape (held-out shape-motion pairs 76/160 in one-object scenes) - see the README
+        # `shape_loss_weight` (recipe: 1): at 1x shape sits at ~55 % per frame for half the run behind the position
+        # loss and ends at 96 % (89 % for the right-hand object of held-out videos), which caps the model's shape
+        # answers; at 2.5x held-out frames reach 97-98 %, but the final model then also reads motion off the shape
+        # (held-out shape-motion pairs), by the luck of the stage run - measured in the README, not shipped
         class_weights = {"present": 1.0, "colour": 1.0, "shape": cfg.get("shape_loss_weight", 1.0)}
         loss = sum(
             class_weights[name]
