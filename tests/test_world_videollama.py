@@ -167,5 +167,6 @@ def test_sharded_writes_add_up_to_the_split(split, tmp_path):
     assert written == {p.name: p.stat().st_mtime_ns for p in (out / "videos").glob("*.mp4")}  # none rewritten
     for name in ("qa.jsonl", "train.jsonl", "scenes.jsonl"):
         assert (out / name).read_text().replace(str(out), "") == (split / name).read_text().replace(str(split), "")
-    with pytest.raises(ValueError, match="shard must be"):
-        world.generate_split(out, "train", 12, seed=3, shard=(2, 2))
+    for bad in ((2, 2), (0,), 2):
+        with pytest.raises(ValueError, match="shard must be"):
+            world.generate_split(out, "train", 12, seed=3, shard=bad)

@@ -511,7 +511,7 @@ def generate_split(
     `shard=(k, n)`: write only the videos of scenes k, k + n, k + 2n, ... and no jsonl file, so that n processes can
     write one split's videos in parallel; a final call without `shard` then only writes the jsonl files.
     """
-    if shard is not None and not (len(shard) == 2 and 0 <= shard[0] < shard[1]):
+    if shard is not None and not (isinstance(shard, (tuple, list)) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
     out = Path(output_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
