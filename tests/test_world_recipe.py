@@ -63,6 +63,39 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     assert (bundle / "modeling_videollama.py").is_file() and (bundle / "recipe_summary.json").is_file()
     assert AutoProcessor.from_pretrained(bundle).num_video_query_tokens == 8
 
+    # the stages again on the same assembled model with other seeds: what the stage run alone decides
+    seeds = tmp_path / "seeds"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "world" / "stage_seeds.py"), "--run", str(tmp_path / "run")]
+        + ["--output", str(seeds), "--seeds", "3", "4", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((seeds / "seeds.json").read_text())
+    assert set(report["seeds"]) == {"3", "4"}
+    assert set(report["spread"]) == set(report["seeds"]["3"]) >= {"colour", "overall"}
+    for name, spread in report["spread"].items():
+        values = [report["seeds"][seed][name] for seed in ("3", "4")]
+        assert spread["min"] == min(values) <= spread["mean"] <= max(values) == spread["max"]
+    again = AutoModelForImageTextToText.from_pretrained(seeds / "seed3" / "stage2").state_dict()
+    assert all(before[k].equal(again[k]) for k in before if k.startswith(frozen))  # stand-ins frozen here too
+    assert any(not after[k].equal(again[k]) for k in after if k.startswith(trained))  # another run than the recipe's
+
+
+def test_stage_seeds_refuses_a_folder_that_is_not_a_recipe_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "world" / "stage_seeds.py"), "--run", str(tmp_path)]
+        + ["--output", str(tmp_path / "out"), "--seeds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "is not a recipe run's working folder" in result.stderr and "config.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
 
 def _recipe_module():
     import importlib.util

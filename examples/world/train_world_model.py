@@ -725,6 +725,41 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
     }
 
 
+def train_stages(
+    out: Path,
+    base: Path,
+    train_scenes: list[world.Scene],
+    world_dir: Path,
+    cfg: dict,
+    seed: int,
+    rng: np.random.Generator,
+    timer: Timer | None = None,
+) -> tuple[tv.VideoLlamaForConditionalGeneration, tv.VideoLlamaProcessor, dict]:
+    """Steps 5-7 on the assembled model in `base`: stage 1 into `out/stage1`, stage 2 into `out/stage2` (records drawn
+    with `rng`, the Trainer seeded with `seed`) on the training videos of `world_dir`, then greedy exact match on its
+    held-out split. Returns the final model, its processor and the metrics."""
+    from transformers_videollama.cli_videollama import evaluate_model, load_model
+
+    metrics: dict = {}
+    stage1, stage2, video_dir = out / "stage1", out / "stage2", world_dir / "train" / "videos"
+    metrics["stage1"] = run_stage(base, stage_records(train_scenes, video_dir, 1, rng), stage1, cfg["stage1"], seed)
+    _copy_non_weights(base, stage1)
+    if timer:
+        timer.lap("stage 1")
+    metrics["stage2"] = run_stage(stage1, stage_records(train_scenes, video_dir, 2, rng), stage2, cfg["stage2"], seed)
+    _copy_non_weights(base, stage2)
+    if timer:
+        timer.lap("stage 2")
+    final, final_processor = load_model(str(stage2), device="cpu", dtype="float32")
+    heldout = world_dir / "heldout"
+    records = [dict(r, video=str(heldout / r["video"])) for r in _read_jsonl(heldout / "qa.jsonl")]
+    report = evaluate_model(final, final_processor, records, batch_size=16, progress=False)
+    metrics["heldout"] = {k: v for k, v in report.items() if k != "predictions"}
+    if timer:
+        timer.lap("evaluate")
+    return final, final_processor, metrics
+
+
 # -- main ---------------------------------------------------------------------------------------------------------
 
 
@@ -865,32 +900,9 @@ def main(argv: list[str] | None = None) -> int:
     processor.save_pretrained(base)
     timer.lap("assemble")
 
-    # 5/6. the paper's two stages
-    video_dir = out / "world" / "train" / "videos"
-    stage1 = out / "stage1"
-    summary["metrics"]["stage1"] = run_stage(
-        base, stage_records(train_scenes, video_dir, 1, rng), stage1, cfg["stage1"], seed
-    )
-    _copy_non_weights(base, stage1)
-    timer.lap("stage 1")
-    stage2 = out / "stage2"
-    summary["metrics"]["stage2"] = run_stage(
-        stage1, stage_records(train_scenes, video_dir, 2, rng), stage2, cfg["stage2"], seed
-    )
-    _copy_non_weights(base, stage2)
-    timer.lap("stage 2")
-
-    # 7. held-out evaluation
-    from transformers_videollama.cli_videollama import evaluate_model, load_model
-
-    final, final_processor = load_model(str(stage2), device="cpu", dtype="float32")
-    records = [
-        dict(r, video=str(out / "world" / "heldout" / r["video"]))
-        for r in _read_jsonl(out / "world" / "heldout" / "qa.jsonl")
-    ]
-    report = evaluate_model(final, final_processor, records, batch_size=16, progress=False)
-    summary["metrics"]["heldout"] = {k: v for k, v in report.items() if k != "predictions"}
-    timer.lap("evaluate")
+    # 5/6. the paper's two stages, 7. held-out evaluation
+    final, final_processor, stage_metrics = train_stages(out, base, train_scenes, out / "world", cfg, seed, rng, timer)
+    summary["metrics"].update(stage_metrics)
 
     # 8. bundle
     if args.bundle:

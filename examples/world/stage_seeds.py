@@ -1,0 +1,80 @@
+"""How much of the bundled model's held-out accuracy is the luck of its stage run?
+
+    python examples/world/stage_seeds.py --run runs/world --output runs/seeds --seeds 1 2
+
+`--run` is the working folder of a full recipe run (`train_world_model.py --output`): its assembled model (the
+stand-ins with fresh video/audio Q-Formers and projections) and its world. For each seed, stages 1 and 2 run again on
+that same assembled model, exactly as the recipe runs them (`examples/train_videollama.py`, the recipe's budgets),
+with the stage records drawn anew and the Trainer seeded with the seed (data order), then the held-out split is
+evaluated. Everything before the stages stays fixed, so the spread across seeds is what the stage run alone
+decides. Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean, min and max.
+
+Why: held-out motion asks about shape-motion pairs the stages never see, and what the video Q-Former makes of them
+depends on the run; a change to the recipe is only an improvement if it holds across seeds (see the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import train_world_model as recipe  # noqa: E402  (the recipe's own steps, from beside this file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="working folder of a recipe run (assembled/, world/)")
+    parser.add_argument("--output", required=True, type=Path, help="where each seed's stages and seeds.json go")
+    parser.add_argument("--seeds", required=True, type=int, nargs="+", help="Trainer / stage-record seeds")
+    parser.add_argument("--smoke", action="store_true", help="the recipe's smoke budgets (for a --smoke run)")
+    parser.add_argument("--recipe", type=Path, default=HERE / "recipe.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    base, world_dir = args.run / "assembled", args.run / "world"
+    missing = [str(p) for p in (base / "config.json", world_dir / "train" / "scenes.jsonl") if not p.is_file()]
+    if missing:
+        parser.error(f"--run {args.run} is not a recipe run's working folder: missing {', '.join(missing)}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds repeats a seed: {args.seeds}")
+    settings = json.loads(args.recipe.read_text())
+    cfg = recipe._merge({k: v for k, v in settings.items() if k != "smoke"}, settings["smoke"] if args.smoke else {})
+    train_scenes = [
+        recipe.world.Scene(**recipe._scene_kwargs(line))
+        for line in recipe._read_jsonl(world_dir / "train" / "scenes.jsonl")
+    ]
+    runs: dict[str, dict] = {}
+    for seed in args.seeds:
+        out = args.output / f"seed{seed}"
+        rng = np.random.default_rng([seed, 6])
+        _, _, metrics = recipe.train_stages(out, base, train_scenes, world_dir, cfg, seed, rng)
+        runs[str(seed)] = {k: round(v["accuracy"], 4) for k, v in metrics["heldout"]["per_type"].items()}
+        runs[str(seed)]["overall"] = round(metrics["heldout"]["overall"]["accuracy"], 4)
+        logging.info("seed %d: %s", seed, runs[str(seed)])
+    types = sorted({t for accuracies in runs.values() for t in accuracies})
+    spread = {
+        t: {
+            "mean": round(float(np.mean(values)), 4),
+            "min": min(values),
+            "max": max(values),
+        }
+        for t in types
+        for values in [[accuracies[t] for accuracies in runs.values() if t in accuracies]]
+    }
+    result = {"run": str(args.run), "seeds": runs, "spread": spread}
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "seeds.json").write_text(json.dumps(result, indent=1))
+    logging.info("spread: %s", json.dumps(spread))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
