@@ -83,6 +83,21 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     assert all(before[k].equal(again[k]) for k in before if k.startswith(frozen))  # stand-ins frozen here too
     assert any(not after[k].equal(again[k]) for k in after if k.startswith(trained))  # another run than the recipe's
 
+    # --redraw: the fresh modules drawn anew per seed (the stand-ins kept), then the same stages
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "world" / "stage_seeds.py"), "--run", str(tmp_path / "run")]
+        + ["--output", str(tmp_path / "redrawn"), "--seeds", "5", "--redraw", "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "redrawn" / "seeds.json").read_text())["redraw"] is True
+    drawn = AutoModelForImageTextToText.from_pretrained(tmp_path / "redrawn" / "seed5" / "assembled").state_dict()
+    assert all(before[k].equal(drawn[k]) for k in before if k.startswith(frozen))
+    for prefix in trained:  # every trained module drawn anew (LayerNorms start at ones either way)
+        assert any(not before[k].equal(drawn[k]) for k in before if k.startswith(prefix))
+
 
 def test_stage_seeds_refuses_a_folder_that_is_not_a_recipe_run(tmp_path):
     result = subprocess.run(

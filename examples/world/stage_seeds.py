@@ -7,7 +7,9 @@ stand-ins with fresh video/audio Q-Formers and projections) and its world. For e
 that same assembled model, exactly as the recipe runs them (`examples/train_videollama.py`, the recipe's budgets),
 with the stage records drawn anew and the Trainer seeded with the seed (data order), then the held-out split is
 evaluated. Everything before the stages stays fixed, so the spread across seeds is what the stage run alone
-decides. Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean, min and max.
+decides. With `--redraw` each seed also draws the fresh modules anew (video/audio Q-Formers, position embeddings,
+projections, scaled as the recipe's step 4 does) into `OUTPUT/seedN/assembled`: the stand-ins stay, and the spread
+then includes the initial draw, which moves held-out motion the most (README, session 10). Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean, min and max.
 
 Why: held-out motion asks about shape-motion pairs the stages never see, and what the video Q-Former makes of them
 depends on the run; a change to the recipe is only an improvement if it holds across seeds (see the README).
@@ -22,6 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 HERE = Path(__file__).resolve().parent
@@ -30,11 +33,34 @@ sys.path.insert(0, str(HERE))
 import train_world_model as recipe  # noqa: E402  (the recipe's own steps, from beside this file)
 
 
+def redraw_fresh_modules(base: Path, out: Path, train_scenes: list, world_dir: Path, cfg: dict, seed: int) -> Path:
+    """The assembled model in `base` with everything the stages train drawn anew from `seed` (the frozen stand-ins
+    copied over), the frame position embedding and projection scales set as in the recipe's step 4; saved to `out`."""
+    import transformers_videollama as tv
+
+    assembled = tv.VideoLlamaForConditionalGeneration.from_pretrained(base)
+    torch.manual_seed(seed)
+    model = tv.VideoLlamaForConditionalGeneration(assembled.config)
+    frozen = ("model.vision_tower.", "model.qformer.", "model.audio_tower.", "model.language_model.", "lm_head.")
+    state = model.state_dict()
+    state.update({k: v for k, v in assembled.state_dict().items() if k.startswith(frozen)})
+    model.load_state_dict(state)
+    with torch.no_grad():
+        model.model.video_position_embedding.weight.normal_(0.0, cfg["video_position_init_std"])
+    processor = tv.VideoLlamaProcessor.from_pretrained(base)
+    recipe.match_projection_scale(model, processor, train_scenes[:32], world_dir / "train" / "videos")
+    model.generation_config = assembled.generation_config
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="working folder of a recipe run (assembled/, world/)")
     parser.add_argument("--output", required=True, type=Path, help="where each seed's stages and seeds.json go")
     parser.add_argument("--seeds", required=True, type=int, nargs="+", help="Trainer / stage-record seeds")
+    parser.add_argument("--redraw", action="store_true", help="also draw the fresh Q-Formers etc. anew per seed")
     parser.add_argument("--smoke", action="store_true", help="the recipe's smoke budgets (for a --smoke run)")
     parser.add_argument("--recipe", type=Path, default=HERE / "recipe.json")
     args = parser.parse_args(argv)
@@ -55,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         out = args.output / f"seed{seed}"
         rng = np.random.default_rng([seed, 6])
-        _, _, metrics = recipe.train_stages(out, base, train_scenes, world_dir, cfg, seed, rng)
+        start = (
+            redraw_fresh_modules(base, out / "assembled", train_scenes, world_dir, cfg, seed) if args.redraw else base
+        )
+        _, _, metrics = recipe.train_stages(out, start, train_scenes, world_dir, cfg, seed, rng)
         runs[str(seed)] = {k: round(v["accuracy"], 4) for k, v in metrics["heldout"]["per_type"].items()}
         runs[str(seed)]["overall"] = round(metrics["heldout"]["overall"]["accuracy"], 4)
         logging.info("seed %d: %s", seed, runs[str(seed)])
@@ -69,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in types
         for values in [[accuracies[t] for accuracies in runs.values() if t in accuracies]]
     }
-    result = {"run": str(args.run), "seeds": runs, "spread": spread}
+    result = {"run": str(args.run), "redraw": args.redraw, "seeds": runs, "spread": spread}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "seeds.json").write_text(json.dumps(result, indent=1))
     logging.info("spread: %s", json.dumps(spread))
