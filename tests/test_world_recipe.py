@@ -110,6 +110,20 @@ def test_stage_seeds_refuses_a_folder_that_is_not_a_recipe_run(tmp_path):
     assert result.returncode == 2
     assert "is not a recipe run's working folder" in result.stderr and "config.json" in result.stderr
     assert "Traceback" not in result.stderr
+    # a run's folder, but a seed asked for twice (two runs would write the same seed folder)
+    (tmp_path / "assembled").mkdir()
+    (tmp_path / "assembled" / "config.json").write_text("{}")
+    (tmp_path / "world" / "train").mkdir(parents=True)
+    (tmp_path / "world" / "train" / "scenes.jsonl").write_text("")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "world" / "stage_seeds.py"), "--run", str(tmp_path)]
+        + ["--output", str(tmp_path / "out"), "--seeds", "1", "2", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--seeds repeats a seed: [1, 2, 1]" in result.stderr and "Traceback" not in result.stderr
 
 
 def _recipe_module():

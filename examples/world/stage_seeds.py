@@ -8,8 +8,9 @@ that same assembled model, exactly as the recipe runs them (`examples/train_vide
 with the stage records drawn anew and the Trainer seeded with the seed (data order), then the held-out split is
 evaluated. Everything before the stages stays fixed, so the spread across seeds is what the stage run alone
 decides. With `--redraw` each seed also draws the fresh modules anew (video/audio Q-Formers, position embeddings,
-projections, scaled as the recipe's step 4 does) into `OUTPUT/seedN/assembled`: the stand-ins stay, and the spread
-then includes the initial draw, which moves held-out motion the most (README, session 10). Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean, min and max.
+projections, started as the recipe's step 4 does) into `OUTPUT/seedN/assembled`: the stand-ins stay, and the spread
+then includes the initial draw. Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean,
+min and max.
 
 Why: held-out motion asks about shape-motion pairs the stages never see, and what the video Q-Former makes of them
 depends on the run; a change to the recipe is only an improvement if it holds across seeds (see the README).
@@ -35,7 +36,7 @@ import train_world_model as recipe  # noqa: E402  (the recipe's own steps, from 
 
 def redraw_fresh_modules(base: Path, out: Path, train_scenes: list, world_dir: Path, cfg: dict, seed: int) -> Path:
     """The assembled model in `base` with everything the stages train drawn anew from `seed` (the frozen stand-ins
-    copied over), the frame position embedding and projection scales set as in the recipe's step 4; saved to `out`."""
+    copied over) and started as in the recipe's step 4 (`init_fresh_modules`); saved to `out`."""
     import transformers_videollama as tv
 
     assembled = tv.VideoLlamaForConditionalGeneration.from_pretrained(base)
@@ -45,10 +46,8 @@ def redraw_fresh_modules(base: Path, out: Path, train_scenes: list, world_dir: P
     state = model.state_dict()
     state.update({k: v for k, v in assembled.state_dict().items() if k.startswith(frozen)})
     model.load_state_dict(state)
-    with torch.no_grad():
-        model.model.video_position_embedding.weight.normal_(0.0, cfg["video_position_init_std"])
     processor = tv.VideoLlamaProcessor.from_pretrained(base)
-    recipe.match_projection_scale(model, processor, train_scenes[:32], world_dir / "train" / "videos")
+    recipe.init_fresh_modules(model, processor, train_scenes, world_dir / "train" / "videos", cfg)
     model.generation_config = assembled.generation_config
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -88,16 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         runs[str(seed)] = {k: round(v["accuracy"], 4) for k, v in metrics["heldout"]["per_type"].items()}
         runs[str(seed)]["overall"] = round(metrics["heldout"]["overall"]["accuracy"], 4)
         logging.info("seed %d: %s", seed, runs[str(seed)])
-    types = sorted({t for accuracies in runs.values() for t in accuracies})
-    spread = {
-        t: {
-            "mean": round(float(np.mean(values)), 4),
-            "min": min(values),
-            "max": max(values),
-        }
-        for t in types
-        for values in [[accuracies[t] for accuracies in runs.values() if t in accuracies]]
-    }
+    spread = {}  # every seed is evaluated on the same held-out records, so on the same question types
+    for name in runs[str(args.seeds[0])]:
+        values = [accuracies[name] for accuracies in runs.values()]
+        spread[name] = {"mean": round(float(np.mean(values)), 4), "min": min(values), "max": max(values)}
     result = {"run": str(args.run), "redraw": args.redraw, "seeds": runs, "spread": spread}
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "seeds.json").write_text(json.dumps(result, indent=1))

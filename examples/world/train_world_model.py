@@ -420,8 +420,8 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
         }
         # `shape_loss_weight` (recipe: 1): at 1x shape sits at ~55 % per frame for half the run behind the position
         # loss and ends at 96 % (89 % for the right-hand object of held-out videos), which caps the model's shape
-        # answers; at 2.5x held-out frames reach 97-98 %, but the final model then also reads motion off the shape
-        # (held-out shape-motion pairs), by the luck of the stage run - measured in the README, not shipped
+        # answers; at 2.5x held-out frames reach 97-98 %, but in some stage runs the final model then also reads
+        # motion off the shape (held-out shape-motion pairs) - measured in the README, not shipped
         class_weights = {"present": 1.0, "colour": 1.0, "shape": cfg.get("shape_loss_weight", 1.0)}
         loss = sum(
             class_weights[name]
@@ -627,6 +627,22 @@ def build_processor(tokenizer, model_cfg: dict) -> tv.VideoLlamaProcessor:
         num_audio_query_tokens=model_cfg["audio_qformer"]["num_query_tokens"],
         chat_template="vicuna",
     )
+
+
+def init_fresh_modules(
+    model: tv.VideoLlamaForConditionalGeneration, processor, scenes: list[world.Scene], video_dir: Path, cfg: dict
+) -> None:
+    """Step 4's start for what the stages train, after the stand-ins are loaded: the frame position embedding drawn
+    at `cfg["video_position_init_std"]` and the projections scaled to the LLM's embedding norm (on `scenes[:32]`).
+
+    The frame position embedding is added to LayerNorm'd Q-Former outputs (unit scale per dimension); at the usual
+    0.02 init the video Q-Former can hardly tell frames apart, and motion (frame order) is learned very slowly. (A
+    ramp along one direction, frame order as one linear feature, did worse with these stand-ins: held-out motion
+    22 % against 34 % with random rows, same stage budget, features cached.)
+    """
+    with torch.no_grad():
+        model.model.video_position_embedding.weight.normal_(0.0, cfg["video_position_init_std"])
+    match_projection_scale(model, processor, scenes[:32], video_dir)
 
 
 def match_projection_scale(
@@ -881,13 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     weights["lm_head.weight"] = lm_weights.get("lm_head.weight", lm_weights["model.embed_tokens.weight"]).clone()
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected, unexpected
-    # The frame position embedding is added to LayerNorm'd Q-Former outputs (unit scale per dimension); at the usual
-    # 0.02 init the video Q-Former can hardly tell frames apart, and motion (frame order) is learned very slowly.
-    # (A ramp along one direction, frame order as one linear feature, did worse with these stand-ins: held-out
-    # motion 22 % against 34 % with random rows, same stage budget, features cached.)
-    with torch.no_grad():
-        model.model.video_position_embedding.weight.normal_(0.0, cfg["video_position_init_std"])
-    match_projection_scale(model, processor, train_scenes[:32], out / "world" / "train" / "videos")
+    init_fresh_modules(model, processor, train_scenes, out / "world" / "train" / "videos", cfg)
     base = out / "assembled"
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
