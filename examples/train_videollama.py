@@ -130,6 +130,14 @@ class VideoLlamaTrainingArguments(TrainingArguments):
             "only what trains (needs --train_augmentation False and no caption prompts)."
         },
     )
+    frozen_features_cache: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --precompute_frozen_features: keep each media file's frozen outputs in this folder, so a "
+            "later run on the same files (stage 2 after stage 1, a rerun) decodes and encodes none of them again. "
+            "Entries are keyed by the file, the frozen encoders' weights and the frame / audio settings."
+        },
+    )
 
 
 def _load_data(specs: list[str]) -> datasets.Dataset | None:
@@ -259,16 +267,21 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
         prompt_format=data_args.prompt_format,
     )
 
+    if args.frozen_features_cache and not args.precompute_frozen_features:
+        raise ValueError("--frozen_features_cache needs --precompute_frozen_features True")
+    precomputed = {}
     if args.precompute_frozen_features:  # decode + frozen encoders once; the Trainer then sees ids and features
         if cache is not None:
             raise ValueError("Use one of --precompute_frozen_features and --cache_frozen_encoders")
-        train_dataset = tv.precompute_frozen_features(
-            model, train_dataset, collator, batch_size=16, num_workers=args.dataloader_num_workers
-        )
+        kwargs = {
+            "batch_size": 16,
+            "num_workers": args.dataloader_num_workers,
+            "cache_dir": args.frozen_features_cache,
+        }
+        train_dataset = tv.precompute_frozen_features(model, train_dataset, collator, **kwargs)
+        precomputed = {"examples": len(train_dataset), "cache_hits": train_dataset.hits}
         if eval_dataset is not None:
-            eval_dataset = tv.precompute_frozen_features(
-                model, eval_dataset, collator, batch_size=16, num_workers=args.dataloader_num_workers
-            )
+            eval_dataset = tv.precompute_frozen_features(model, eval_dataset, collator, **kwargs)
         collator = tv.PrecomputedFeaturesCollator(collator.pad_id)
         args.dataloader_num_workers, args.dataloader_persistent_workers = 0, False  # nothing left to decode
 
@@ -292,6 +305,8 @@ def run(argv: list[str] | None = None) -> tv.VideoLlamaTrainer:
     if cache is not None:
         logger.info("frozen-encoder cache: %s", cache.stats())
         metrics["frozen_encoder_cache"] = cache.stats()
+    if precomputed:
+        metrics["precomputed_features"] = precomputed
     if eval_dataset is not None:
         metrics.update(trainer.evaluate())
     trainer.save_model()

@@ -398,3 +398,97 @@ def test_precomputed_features_collator_pads_frames_and_refuses_frozen_encoders_t
     prompts = VideoLlamaDataCollator(tiny_processor(), caption_prompts=["<ImageHere> Describe it."])
     with pytest.raises(ValueError, match="caption records get a caption prompt drawn anew every epoch"):
         precompute_frozen_features(model, [{"video": "never-read.mp4", "caption": "a red circle"}], prompts)
+
+
+def _items_equal(a, b) -> bool:
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(x[k].equal(y[k]) for k in x) for x, y in zip(a, b))
+
+
+def test_precompute_cache_serves_a_later_run_without_decoding(tmp_path, caplog):
+    """`precompute_frozen_features(cache_dir=...)`: a later call on the same files is served from the stored outputs,
+    bit-identical to computing them, without decoding (the files' bytes zeroed, size and time kept, still serve);
+    other encoder weights, a touched file or an unreadable entry are computed again."""
+    import logging
+    import os
+
+    from _videollama_training import tiny_processor, tiny_training_config
+
+    from transformers_videollama import precompute_frozen_features
+
+    data = make_dataset(tmp_path / "data", num_records=3, with_image=True, with_audio=True)
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    for record in records:
+        for key in ("video", "image"):
+            if key in record:
+                record[key] = str(data.parent / record[key])
+    records.append(dict(records[0], audio=False))  # the same video without its sound: one stored entry serves both
+    model = VideoLlamaForConditionalGeneration(tiny_training_config()).eval()
+    freeze_for_training(model, ["video_qformer"])
+    collator = VideoLlamaDataCollator(tiny_processor())
+    cache = tmp_path / "cache"
+
+    def run():
+        return precompute_frozen_features(model, records, collator, batch_size=2, cache_dir=cache)
+
+    plain = precompute_frozen_features(model, records, collator, batch_size=2)
+    cold = run()
+    # the last record's video was stored with the first batch: already served in the same call
+    assert (cold.hits, cold.misses) == (1, 4) and _items_equal(cold.items, plain.items)
+    assert len(list(cache.glob("*.safetensors"))) == 7  # 4 videos / images + 3 audio tracks
+    warm = run()
+    assert (warm.hits, warm.misses) == (5, 0) and _items_equal(warm.items, plain.items)
+
+    # other audio-trunk weights: every record with sound is computed again, the rest still served
+    weight = model.model.audio_tower.state_dict()[next(iter(model.model.audio_tower.state_dict()))]
+    original = weight.clone()
+    with torch.no_grad():
+        weight.add_(1.0)
+    changed = run()
+    assert (changed.hits, changed.misses) == (2, 3)
+    with torch.no_grad():
+        weight.copy_(original)
+    # a touched file (new modification time): computed again, then serving its other record (a later batch)
+    clip = records[0]["video"]
+    os.utime(clip, ns=(os.stat(clip).st_atime_ns, os.stat(clip).st_mtime_ns + 10**9))
+    touched = run()
+    assert (touched.hits, touched.misses) == (4, 1) and _items_equal(touched.items, plain.items)
+    # unreadable entries (cut short by hand): a warning, and their records are computed (and stored) again
+    for entry in cache.glob("*.safetensors"):
+        entry.write_bytes(entry.read_bytes()[:40])
+    with caplog.at_level(logging.WARNING, logger="transformers_videollama.training_videollama"):
+        mended = run()
+    assert "cache entry unreadable" in caplog.text and _items_equal(mended.items, plain.items)
+    assert mended.hits + mended.misses == 5 and mended.misses >= 1
+
+    # nothing is decoded on a hit: with every media file zeroed (same size and time) the stored outputs still serve
+    for record in records[:4]:
+        path = record.get("video") or record["image"]
+        stat = os.stat(path)
+        with open(path, "wb") as handle:
+            handle.write(bytes(stat.st_size))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    served = run()
+    assert (served.hits, served.misses) == (5, 0) and _items_equal(served.items, plain.items)
+
+
+def test_training_entry_point_reuses_the_frozen_features_cache(tmp_path):
+    """`--frozen_features_cache`: the second run (stage 2 after stage 1 in the recipe) takes every record's frozen
+    outputs from the first and trains exactly as without it; refused without --precompute_frozen_features."""
+    data = make_dataset(tmp_path / "data", num_records=4, with_image=True, with_audio=True)
+    model_dir = make_model_dir(tmp_path / "model")
+    common = ["--stage", "vision-stage2", "--num_train_epochs", "2", "--learning_rate", "1e-2",
+              "--train_augmentation", "false", "--dataloader_num_workers", "0", "--precompute_frozen_features", "true",
+              "--frozen_features_cache", str(tmp_path / "cache")]  # fmt: skip
+    first = run_training(_args(model_dir, data, tmp_path / "first", *common))
+    second = run_training(_args(model_dir, data, tmp_path / "second", *common))
+    summaries = [json.loads((tmp_path / n / "train_summary.json").read_text()) for n in ("first", "second")]
+    assert [s["metrics"]["precomputed_features"] for s in summaries] == [
+        {"examples": 5, "cache_hits": 0},
+        {"examples": 5, "cache_hits": 5},
+    ]
+    assert _train_losses(second) == _train_losses(first)
+    with pytest.raises(ValueError, match="--frozen_features_cache needs --precompute_frozen_features True"):
+        run_training(
+            _args(model_dir, data, tmp_path / "bad", "--train_augmentation", "false",
+                  "--frozen_features_cache", str(tmp_path / "cache"))
+        )  # fmt: skip

@@ -43,6 +43,9 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     assert set(summary["parallel_seconds"]) == {"language model", "frame encoder", "audio trunk", "world videos"}
     for stage in ("stage1", "stage2"):  # every record decoded and encoded once, then the epochs on its features
         assert summary["metrics"][stage]["precomputed_examples"] == 16
+    # stage 2 takes the frozen outputs of the videos (and sound tracks) stage 1 stored: those records decode nothing
+    assert summary["metrics"]["stage1"]["precomputed_from_cache"] == 0
+    assert 0 < summary["metrics"]["stage2"]["precomputed_from_cache"] <= 16
     assert summary["metrics"]["stage2"]["steps"] == 4  # 2 epochs of 16 records, batch 8
     for stage in ("stage1", "stage2"):
         assert summary["metrics"][stage]["final_loss"] is not None

@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         start = (
             redraw_fresh_modules(base, out / "assembled", train_scenes, world_dir, cfg, seed) if args.redraw else base
         )
-        _, _, metrics = recipe.train_stages(out, start, train_scenes, world_dir, cfg, seed, rng)
+        # one feature cache for all seeds: the frozen stand-ins are the same in every one (--redraw keeps them)
+        cache = args.output / "frozen_features"
+        _, _, metrics = recipe.train_stages(out, start, train_scenes, world_dir, cfg, seed, rng, feature_cache=cache)
         runs[str(seed)] = {k: round(v["accuracy"], 4) for k, v in metrics["heldout"]["per_type"].items()}
         runs[str(seed)]["overall"] = round(metrics["heldout"]["overall"]["accuracy"], 4)
         logging.info("seed %d: %s", seed, runs[str(seed)])

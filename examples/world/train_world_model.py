@@ -692,7 +692,7 @@ def stage_records(scenes: list[world.Scene], video_dir: Path, stage: int, rng: n
     return records
 
 
-def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int) -> dict:
+def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int, feature_cache: Path) -> dict:
     import train_videollama  # examples/train_videollama.py: the package's training entry point
 
     out.mkdir(parents=True, exist_ok=True)
@@ -710,6 +710,7 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "--prompt_format", "chat_template",
         "--train_augmentation", "False",
         "--precompute_frozen_features", "True",  # decode + frozen encoders once; epochs run only what trains
+        "--frozen_features_cache", str(feature_cache),  # and stage 2 reuses stage 1's: the same videos, encoders
         "--max_length", "512",
         "--output_dir", str(out),
         "--per_device_train_batch_size", str(cfg["batch_size"]),
@@ -737,6 +738,7 @@ def run_stage(folder: Path, records: list[dict], out: Path, cfg: dict, seed: int
         "final_loss": round(final, 4) if final else None,
         "train_seconds": round(trainer.state.log_history[-1].get("train_runtime", 0.0), 1),
         "precomputed_examples": len(trainer.train_dataset),  # decoded and through the frozen encoders once
+        "precomputed_from_cache": trainer.train_dataset.hits,  # of those, served by an earlier stage's outputs
         "steps": trainer.state.global_step,
     }
 
@@ -750,19 +752,26 @@ def train_stages(
     seed: int,
     rng: np.random.Generator,
     timer: Timer | None = None,
+    feature_cache: Path | None = None,
 ) -> tuple[tv.VideoLlamaForConditionalGeneration, tv.VideoLlamaProcessor, dict]:
     """Steps 5-7 on the assembled model in `base`: stage 1 into `out/stage1`, stage 2 into `out/stage2` (records drawn
     with `rng`, the Trainer seeded with `seed`) on the training videos of `world_dir`, then greedy exact match on its
-    held-out split. Returns the final model, its processor and the metrics."""
+    held-out split. Returns the final model, its processor and the metrics.
+
+    Both stages keep the frozen encoders' outputs per video in `feature_cache` (default `out/frozen_features`):
+    stage 2 decodes and encodes only the records whose sound choice stage 1 did not cover."""
+    feature_cache = feature_cache or out / "frozen_features"
     from transformers_videollama.cli_videollama import evaluate_model, load_model
 
     metrics: dict = {}
     stage1, stage2, video_dir = out / "stage1", out / "stage2", world_dir / "train" / "videos"
-    metrics["stage1"] = run_stage(base, stage_records(train_scenes, video_dir, 1, rng), stage1, cfg["stage1"], seed)
+    records = stage_records(train_scenes, video_dir, 1, rng)
+    metrics["stage1"] = run_stage(base, records, stage1, cfg["stage1"], seed, feature_cache)
     _copy_non_weights(base, stage1)
     if timer:
         timer.lap("stage 1")
-    metrics["stage2"] = run_stage(stage1, stage_records(train_scenes, video_dir, 2, rng), stage2, cfg["stage2"], seed)
+    records = stage_records(train_scenes, video_dir, 2, rng)
+    metrics["stage2"] = run_stage(stage1, records, stage2, cfg["stage2"], seed, feature_cache)
     _copy_non_weights(base, stage2)
     if timer:
         timer.lap("stage 2")

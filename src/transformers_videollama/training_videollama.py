@@ -25,18 +25,27 @@ holds everything a stage changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import Trainer
 from transformers.trainer_optimizer import is_optimizer_factory
+from transformers.video_utils import VideoMetadata
+
+from .media_io_videollama import AudioTrack
+from .video_processing_videollama import DecodedVideo
 
 
 logger = logging.getLogger(__name__)
@@ -285,8 +294,10 @@ class PrecomputedFrozenFeatures(torch.utils.data.Dataset):
     Made by `precompute_frozen_features`; batch it with `PrecomputedFeaturesCollator`.
     """
 
-    def __init__(self, items: list[dict[str, torch.Tensor]]):
+    def __init__(self, items: list[dict[str, torch.Tensor]], hits: int = 0, misses: int = 0):
         self.items = items
+        self.hits = hits  # records served by a `cache_dir` (nothing decoded or encoded for them)
+        self.misses = misses  # records computed and written to it
 
     def __len__(self) -> int:
         return len(self.items)
@@ -342,6 +353,7 @@ def precompute_frozen_features(
     collator: Any,
     batch_size: int = 16,
     num_workers: int = 0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> PrecomputedFrozenFeatures:
     """Decode every record of `dataset` once and run the frozen encoders on it once: the paper's stages train only
     what comes after them, so with the same frames and clips every epoch nothing before the frame position embedding
@@ -355,6 +367,13 @@ def precompute_frozen_features(
     Refused when something would differ between epochs: training augmentation (new frames each epoch), caption
     prompts drawn per caption record, an encoder that trains, or the audio branch fed with frames (ImageBind's vision
     trunk). Under `accelerate launch` every process computes the whole set.
+
+    `cache_dir` keeps each media file's frozen outputs on disk (one safetensors file per video / audio track, with
+    what the prompt text needs: the sampled frame indices and frame rate), so a later call on the same files skips
+    their decoding and the encoders: stage 2 after stage 1 on the same videos, a rerun with other hyperparameters.
+    An entry is found only for the same file (path, size, modification time), the same frozen encoder weights
+    (a hash of them), dtype and frame / audio settings; anything else is computed and stored. The result's `hits`
+    and `misses` count the records served from and written to it.
     """
     from torch.utils.data import DataLoader
 
@@ -375,68 +394,90 @@ def precompute_frozen_features(
         if block is not None and any(p.requires_grad for p in block.parameters()):
             raise ValueError(f"precompute_frozen_features: {name} trains, so its outputs change every step")
 
+    store = _FrozenFeatureStore(cache_dir, inner, collator) if cache_dir is not None else None
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=_PrecomputeBatch(collator),
+        collate_fn=_PrecomputeBatch(collator, store),
     )
     blocks = [b for b in (inner.vision_tower, inner.qformer, getattr(inner, "audio_tower", None)) if b is not None]
     modes = [b.training for b in blocks]
     for block in blocks:
         block.eval()
     items: list[dict[str, torch.Tensor]] = []
+    hits = misses = 0
     started = time.perf_counter()
     try:
         with torch.no_grad():
-            for encoded, batch in loader:
-                items += _encode_precompute_batch(inner, encoded, batch)
+            for entries, batch in loader:
+                hits += sum("ready" in entry for entry in entries)
+                misses += sum(bool(entry.get("store")) for entry in entries)
+                items += _encode_precompute_batch(inner, entries, batch, store)
     finally:
         for block, mode in zip(blocks, modes):
             block.train(mode)
-    result = PrecomputedFrozenFeatures(items)
+    result = PrecomputedFrozenFeatures(items, hits, misses)
     logger.info(
-        "precompute_frozen_features: %d examples in %.1f s (%.1f MB)",
+        "precompute_frozen_features: %d examples in %.1f s (%.1f MB)%s",
         len(items),
         time.perf_counter() - started,
         result.nbytes / 1e6,
+        f"; cache {cache_dir}: {hits} served, {misses} stored" if store is not None else "",
     )
     return result
 
 
 class _PrecomputeBatch:
-    """DataLoader collate_fn (picklable): each record's ids/labels and media counts, and the batch's media tensors."""
+    """DataLoader collate_fn (picklable). Per record: its ids/labels and media counts, or, when the store holds its
+    media, the finished item ("ready"); then the media tensors of the records still to encode."""
 
-    def __init__(self, collator: Any):
+    def __init__(self, collator: Any, store: _FrozenFeatureStore | None = None):
         self.collator = collator
+        self.store = store
 
     def __call__(self, examples: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+        entries: list[dict[str, Any]] = []
+        to_encode = []
         for example in examples:
             if getattr(self.collator, "caption_prompts", None) and not example.get("conversations"):
                 raise ValueError(
                     "precompute_frozen_features: caption records get a caption prompt drawn anew every epoch; "
                     "precomputing would fix one draw per record. Train captions without prompts or do not precompute"
                 )
-        encoded = [self.collator.encode(example) for example in examples]
-        batch = self.collator.pad(encoded)
-        texts = [
-            {
-                "input_ids": torch.tensor(e.input_ids),
-                "attention_mask": torch.tensor(e.attention_mask),
-                "labels": torch.tensor(e.labels),
-                "videos": len(e.videos),
-                "audios": len(e.audios),
-            }
-            for e in encoded
-        ]
-        return texts, {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
+            found = self.store.lookup(example) if self.store is not None else None
+            if found is not None:  # text rendered from the stored frame indices; nothing decoded, nothing encoded
+                stand_in, outputs = found
+                encoded = self.collator.encode(stand_in)
+                entries.append({"ready": {**_text_tensors(encoded), **outputs}})
+                continue
+            encoded = self.collator.encode(example)
+            to_encode.append(encoded)
+            entry = {**_text_tensors(encoded), "videos": len(encoded.videos), "audios": len(encoded.audios)}
+            if self.store is not None:
+                entry["store"] = self.store.keys_for(example, encoded)
+            entries.append(entry)
+        batch = self.collator.pad(to_encode) if to_encode else {}
+        return entries, {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
+
+
+def _text_tensors(encoded: Any) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.tensor(encoded.input_ids),
+        "attention_mask": torch.tensor(encoded.attention_mask),
+        "labels": torch.tensor(encoded.labels),
+    }
 
 
 def _encode_precompute_batch(
-    inner: nn.Module, encoded: list[dict[str, Any]], batch: dict[str, torch.Tensor]
+    inner: nn.Module,
+    entries: list[dict[str, Any]],
+    batch: dict[str, torch.Tensor],
+    store: _FrozenFeatureStore | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Frozen encoders on a collated batch, split back per record (outputs kept in the encoders' dtype, on CPU)."""
+    """Frozen encoders on a collated batch, split back per record (outputs kept in the encoders' dtype, on CPU);
+    records already served by the store pass through, new outputs are written to it."""
     frame_outputs: list[torch.Tensor] = []
     if "pixel_values_videos" in batch:
         pixels = batch["pixel_values_videos"]  # (V, T, 3, H, W)
@@ -453,16 +494,178 @@ def _encode_precompute_batch(
         dtype = next(inner.audio_tower.parameters()).dtype
         clip_outputs = list(inner._encode_audio_clips(batch["input_values"].to(device=device, dtype=dtype)).cpu())
     items = []
-    for text in encoded:
-        item = {k: text[k] for k in ("input_ids", "attention_mask", "labels")}
-        if text["videos"]:  # the collator gives a record at most one video
-            taken, frame_outputs = frame_outputs[: text["videos"]], frame_outputs[text["videos"] :]
+    for entry in entries:
+        if "ready" in entry:
+            items.append(entry["ready"])
+            continue
+        item = {k: entry[k] for k in ("input_ids", "attention_mask", "labels")}
+        if entry["videos"]:  # the collator gives a record at most one video
+            taken, frame_outputs = frame_outputs[: entry["videos"]], frame_outputs[entry["videos"] :]
             item["frame_query_embeds"] = torch.stack(taken)  # (1, T, Q, Dq): a copy, not a view of the batch
-        if text["audios"]:
-            taken, clip_outputs = clip_outputs[: text["audios"]], clip_outputs[text["audios"] :]
+        if entry["audios"]:
+            taken, clip_outputs = clip_outputs[: entry["audios"]], clip_outputs[entry["audios"] :]
             item["audio_clip_embeds"] = torch.stack(taken)  # (A, S, P)
+        if store is not None and entry.get("store"):
+            store.save(entry["store"], item)
         items.append(item)
     return items
+
+
+class _FrozenFeatureStore:
+    """`precompute_frozen_features(cache_dir=...)`: a folder of frozen-encoder outputs, one safetensors file per video
+    (`frame_query_embeds` (T, Q, Dq) + its kind and `VideoMetadata`, which the prompt's timestamp sentence needs) and
+    per audio track (`audio_clip_embeds` (S, P)).
+
+    A file's name hashes the media file (real path, size, modification time) with everything its outputs depend on:
+    the frozen encoders' weights (a hash of every tensor), their dtype, and the video processor's or feature
+    extractor's settings and the frame count. Only strings are kept, so it travels to DataLoader workers.
+    """
+
+    def __init__(self, folder: str | os.PathLike, inner: nn.Module, collator: Any):
+        self.folder = os.fspath(folder)
+        os.makedirs(self.folder, exist_ok=True)
+        processor = collator.processor
+        frames_dtype = inner.vision_tower.embeddings.patch_embedding.weight.dtype
+        self.video_salt = _digest(
+            {
+                "version": _STORE_VERSION,
+                "encoders": _weights_digest([inner.vision_tower, inner.qformer]),
+                "dtype": str(frames_dtype),
+                "video_processor": processor.video_processor.to_dict(),
+                "num_frames": collator.num_frames,
+            }
+        )
+        audio_tower = getattr(inner, "audio_tower", None)
+        self.audio_salt = (
+            _digest(
+                {
+                    "version": _STORE_VERSION,
+                    "encoders": _weights_digest([audio_tower]),
+                    "dtype": str(next(audio_tower.parameters()).dtype),
+                    "feature_extractor": processor.feature_extractor.to_dict(),
+                }
+            )
+            if audio_tower is not None and getattr(processor, "feature_extractor", None) is not None
+            else None
+        )
+        self.sampling_rate = getattr(getattr(processor, "feature_extractor", None), "sampling_rate", 16000)
+
+    def _path(self, salt: str | None, source: Any) -> str | None:
+        """The entry's file for a media file, or None when `source` is not a file (bytes, arrays, decoded media)."""
+        if salt is None or not isinstance(source, (str, os.PathLike)):
+            return None
+        try:
+            stat = os.stat(source)
+        except OSError:
+            return None
+        name = _digest([salt, os.path.realpath(source), stat.st_size, stat.st_mtime_ns])
+        return os.path.join(self.folder, name + ".safetensors")
+
+    def _paths(self, example: dict[str, Any]) -> tuple[str | None, str | None, str | None] | None:
+        """(record field of the video, its entry, the audio's entry); None when a medium cannot be stored."""
+        field_name, video, audio = _record_media(example)
+        if video is None and audio is None:
+            return None
+        video_path = self._path(self.video_salt, video) if video is not None else None
+        audio_path = self._path(self.audio_salt, audio) if audio is not None else None
+        if (video is not None and video_path is None) or (audio is not None and audio_path is None):
+            return None
+        return field_name, video_path, audio_path
+
+    def lookup(self, example: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """The record with its media replaced by stand-ins that carry what the text needs (frame indices, frame
+        rate, kind), and the stored outputs; None unless every medium of the record is stored."""
+        paths = self._paths(example)
+        if paths is None or not all(os.path.isfile(p) for p in paths[1:] if p is not None):
+            return None
+        field_name, video_path, audio_path = paths
+        stand_in, outputs = dict(example), {}
+        try:
+            if video_path is not None:
+                features, meta = _read_entry(video_path)
+                metadata = VideoMetadata(**meta["metadata"])
+                frames = np.zeros((len(metadata.frames_indices or [0]), 1, 1, 3), np.uint8)
+                stand_in[field_name] = DecodedVideo(frames, metadata, meta["kind"], meta["source_name"])
+                outputs["frame_query_embeds"] = features.unsqueeze(0)  # (1, T, Q, Dq)
+            if audio_path is not None:
+                features, meta = _read_entry(audio_path)
+                silent = np.zeros((1, 400), np.float32)  # never encoded: its outputs are the stored ones
+                stand_in["audio"] = AudioTrack(silent, self.sampling_rate, meta["source_name"])
+                outputs["audio_clip_embeds"] = features.unsqueeze(0)  # (1, S, P)
+        except Exception as error:  # an unreadable entry (e.g. truncated by hand): compute the record again
+            logger.warning("precompute_frozen_features: cache entry unreadable (%s); computing it again", error)
+            return None
+        return stand_in, outputs
+
+    def keys_for(self, example: dict[str, Any], encoded: Any) -> dict[str, Any]:
+        """Where a record's new outputs go, with the metadata of its decoded video ({} when it cannot be stored)."""
+        paths = self._paths(example)
+        if paths is None:
+            return {}
+        _, video_path, audio_path = paths
+        keys: dict[str, Any] = {}
+        if video_path is not None and len(encoded.videos) == 1:
+            decoded = encoded.videos[0]
+            meta = {
+                "kind": decoded.kind,
+                "source_name": decoded.source_name,
+                "metadata": {f.name: getattr(decoded.metadata, f.name) for f in dataclasses.fields(decoded.metadata)},
+            }
+            keys["video"] = (video_path, json.dumps(meta, default=_json_number))
+        if audio_path is not None and len(encoded.audios) == 1:
+            keys["audio"] = (audio_path, json.dumps({"source_name": os.fspath(_record_media(example)[2])}))
+        return keys
+
+    def save(self, keys: dict[str, Any], item: dict[str, torch.Tensor]) -> None:
+        for kind, name in (("video", "frame_query_embeds"), ("audio", "audio_clip_embeds")):
+            if kind in keys and name in item:
+                path, meta = keys[kind]
+                partial = f"{path}.{os.getpid()}.partial"
+                save_file({"features": item[name][0].contiguous()}, partial, metadata={"meta": meta})
+                os.replace(partial, path)  # atomic: a reader never sees half a file
+
+
+_STORE_VERSION = 1
+
+
+def _record_media(example: dict[str, Any]) -> tuple[str | None, Any, Any]:
+    """(field holding the video / image, that source, the audio source) of a record, as the collator reads them."""
+    field_name = next((k for k in ("media", "video", "image") if example.get(k)), None)
+    video = example[field_name] if field_name else None
+    audio = example.get("audio")
+    if audio in (None, "", False):
+        audio = None
+    elif audio is True:
+        audio = example.get("media") or example.get("video")
+    return field_name, video, audio
+
+
+def _read_entry(path: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    with safe_open(path, framework="pt") as handle:
+        return handle.get_tensor("features"), json.loads(handle.metadata()["meta"])
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in a cache entry")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def _weights_digest(modules: list[nn.Module]) -> str:
+    """A hash of every tensor (name, dtype, shape, bytes) of `modules`: outputs stored for other weights never match."""
+    digest = hashlib.sha256()
+    for index, module in enumerate(modules):
+        for name, tensor in sorted(module.state_dict().items()):
+            flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{index}.{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
 
 def lora_config(
