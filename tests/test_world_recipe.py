@@ -85,6 +85,9 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     again = AutoModelForImageTextToText.from_pretrained(seeds / "seed3" / "stage2").state_dict()
     assert all(before[k].equal(again[k]) for k in before if k.startswith(frozen))  # stand-ins frozen here too
     assert any(not after[k].equal(again[k]) for k in after if k.startswith(trained))  # another run than the recipe's
+    # the seeds' stages take the frozen outputs the run's stages stored (same stand-ins, same videos)
+    served = json.loads((seeds / "seed4" / "stage1" / "train_summary.json").read_text())["metrics"]
+    assert served["precomputed_features"]["cache_hits"] == 16
 
     # --redraw: the fresh modules drawn anew per seed (the stand-ins kept), then the same stages
     result = subprocess.run(

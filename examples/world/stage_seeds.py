@@ -10,7 +10,8 @@ evaluated. Everything before the stages stays fixed, so the spread across seeds 
 decides. With `--redraw` each seed also draws the fresh modules anew (video/audio Q-Formers, position embeddings,
 projections, started as the recipe's step 4 does) into `OUTPUT/seedN/assembled`: the stand-ins stay, and the spread
 then includes the initial draw. Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean,
-min and max.
+min and max. The stages take the frozen encoders' outputs from the run's `frozen_features` cache (entries are
+keyed by the encoders' weights, which every seed shares), so each seed decodes and encodes almost nothing.
 
 Why: held-out motion asks about shape-motion pairs the stages never see, and what the video Q-Former makes of them
 depends on the run; a change to the recipe is only an improvement if it holds across seeds (see the README).
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         recipe.world.Scene(**recipe._scene_kwargs(line))
         for line in recipe._read_jsonl(world_dir / "train" / "scenes.jsonl")
     ]
+    # the run's own frozen-features cache: its stand-ins stay frozen in every seed (--redraw keeps them), so the
+    # stages decode and encode no video the run's stages already did
+    cache = args.run / "frozen_features"
     runs: dict[str, dict] = {}
     for seed in args.seeds:
         out = args.output / f"seed{seed}"
@@ -83,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         start = (
             redraw_fresh_modules(base, out / "assembled", train_scenes, world_dir, cfg, seed) if args.redraw else base
         )
-        # one feature cache for all seeds: the frozen stand-ins are the same in every one (--redraw keeps them)
-        cache = args.output / "frozen_features"
         _, _, metrics = recipe.train_stages(out, start, train_scenes, world_dir, cfg, seed, rng, feature_cache=cache)
         runs[str(seed)] = {k: round(v["accuracy"], 4) for k, v in metrics["heldout"]["per_type"].items()}
         runs[str(seed)]["overall"] = round(metrics["heldout"]["overall"]["accuracy"], 4)

@@ -760,9 +760,9 @@ def train_stages(
 
     Both stages keep the frozen encoders' outputs per video in `feature_cache` (default `out/frozen_features`):
     stage 2 decodes and encodes only the records whose sound choice stage 1 did not cover."""
-    feature_cache = feature_cache or out / "frozen_features"
     from transformers_videollama.cli_videollama import evaluate_model, load_model
 
+    feature_cache = feature_cache or out / "frozen_features"
     metrics: dict = {}
     stage1, stage2, video_dir = out / "stage1", out / "stage2", world_dir / "train" / "videos"
     records = stage_records(train_scenes, video_dir, 1, rng)
