@@ -460,6 +460,13 @@ def test_precompute_cache_serves_a_later_run_without_decoding(tmp_path, caplog):
     assert "cache entry unreadable" in caplog.text and _items_equal(mended.items, plain.items)
     assert mended.hits + mended.misses == 5 and mended.misses >= 1
 
+    # the same entries serve records rendered with the chat template (the text needs only the stored frame indices)
+    chat = VideoLlamaDataCollator(tiny_processor(), prompt_format="chat_template")
+    chat_records = [r for r in records if "video" in r]  # the chat template puts media before the first question
+    chat_plain = precompute_frozen_features(model, chat_records, chat, batch_size=2)
+    chat_served = precompute_frozen_features(model, chat_records, chat, batch_size=2, cache_dir=cache)
+    assert chat_served.hits == 4 and _items_equal(chat_served.items, chat_plain.items)
+
     # nothing is decoded on a hit: with every media file zeroed (same size and time) the stored outputs still serve
     for record in records[:4]:
         path = record.get("video") or record["image"]
