@@ -160,6 +160,67 @@ def test_frame_encoder_starts_from_a_2d_sincos_patch_code():
         _recipe_module().sincos_position_embedding(130, 8)
 
 
+def test_frame_dataset_twins_keep_the_places_and_draw_colours_and_shapes_anew():
+    import numpy as np
+
+    recipe = _recipe_module()
+    plain = recipe.frame_dataset(40, 32, np.random.default_rng(3))
+    pixels, classes, centres = recipe.frame_dataset(40, 32, np.random.default_rng(3), twins=True)
+    assert pixels.shape == (80, 3, 32, 32)
+    # the first image of each pair is the image drawn without twins: turning twins on changes nothing else
+    assert torch.equal(pixels[::2], plain[0]) and torch.equal(classes[::2], plain[1])
+    assert torch.equal(centres[::2].nan_to_num(-1), plain[2].nan_to_num(-1))
+    # the twin: same objects at the same places, colour and shape drawn again (often different)
+    assert torch.equal(centres[1::2].nan_to_num(-1), centres[::2].nan_to_num(-1))
+    assert torch.equal(classes[1::2, :, 0], classes[::2, :, 0])
+    present = classes[::2, :, 0] == 1
+    changed = (classes[1::2, :, 1:] != classes[::2, :, 1:]).any(-1)[present]
+    assert 0.5 < changed.float().mean() < 1.0
+    two = classes[1::2, 1, 0] == 1  # two objects: still two different shapes
+    assert (classes[1::2, 0, 2][two] != classes[1::2, 1, 2][two]).all()
+    assert not torch.equal(pixels[1::2], pixels[::2])
+    # twins that redraw the shape only keep each object's colour
+    _, classes, _ = recipe.frame_dataset(40, 32, np.random.default_rng(3), twins=True, redraw=("shape",))
+    assert torch.equal(classes[1::2, :, :2], classes[::2, :, :2])
+    assert (classes[1::2, :, 2] != classes[::2, :, 2])[classes[::2, :, 0] == 1].any()
+
+
+def test_frame_encoder_twin_invariance_pulls_the_position_queries_of_twins_together():
+    import numpy as np
+
+    recipe = _recipe_module()
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+    model_cfg = {
+        "image_size": 32,
+        "patch_size": 8,
+        "vision": tiny,
+        "qformer": dict(tiny, num_query_tokens=8),
+        "video_qformer": dict(tiny, num_query_tokens=8),
+        "audio": dict(tiny, projection_dim=32, patch_size=16, patch_stride=16),
+        "audio_qformer": dict(tiny, num_query_tokens=4),
+    }
+    tokenizer = tv.train_videollama_tokenizer(["a red circle"] * 10, vocab_size=300, min_frequency=1)
+    text = dict(tiny, max_position_embeddings=64)
+    config = recipe.build_config(model_cfg, recipe.language_model_config(tokenizer, text), len(tokenizer) - 2)
+    data = recipe.frame_dataset(32, 32, np.random.default_rng(0), twins=True)
+    drift = {}
+    for weight in (0.0, 1e5):  # tiny outputs barely differ at first: a large weight
+        torch.manual_seed(0)
+        model = tv.VideoLlamaForConditionalGeneration(config)
+        cfg = {"steps": 30, "batch_size": 16, "learning_rate": 3e-3, "position_loss_weight": 50}
+        recipe.train_frame_encoder(
+            model, data, dict(cfg, twin_invariance_weight=weight or 1e-12), seed=0
+        )  # same batches
+        with torch.no_grad():
+            queries = model.model.qformer(
+                encoder_hidden_states=model.model.vision_tower(pixel_values=data[0]).last_hidden_state
+            ).last_hidden_state[:, :8]
+        twin, other = recipe.twin_drift(queries.reshape(64, 2, 4, -1), data[1])
+        drift[weight] = (twin / other).item()
+    # relative to unrelated images, twins' position queries were far apart without the pull and close with it
+    assert drift[1e5] < 0.25 * drift[0.0], drift  # measured: 0.35 without, 0.04 with
+
+
 def _refusal(tmp_path, capsys, edit) -> str:
     """Run the recipe on recipe.json changed by `edit`; it must exit 2 before any work. Returns stderr."""
     recipe = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())
@@ -251,3 +312,8 @@ def test_language_model_reads_media_words_with_their_objects_bound_words():
 def test_recipe_refuses_media_bindings_it_cannot_read(tmp_path, capsys):
     err = _refusal(tmp_path, capsys, lambda r: r["lm"].update(media_bindings={"shape": {"size": 1.0}}))
     assert "lm.media_bindings" in err and "shape: {'size': 1.0}" in err
+
+
+def test_recipe_refuses_twins_that_redraw_something_else(tmp_path, capsys):
+    err = _refusal(tmp_path, capsys, lambda r: r["frame_encoder"].update(twin_redraw=["size"]))
+    assert "frame_encoder.twin_redraw" in err and "got ['size']" in err

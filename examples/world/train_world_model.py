@@ -326,7 +326,9 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float =
 # -- 3b. the frame encoder stand-in (EVA ViT + BLIP-2 Q-Former) ------------------------------------------------------
 
 
-def frame_dataset(count: int, size: int, rng: np.random.Generator):
+def frame_dataset(
+    count: int, size: int, rng: np.random.Generator, twins: bool = False, redraw: tuple[str, ...] = ("colour", "shape")
+):
     """`count` single images of the whole world (normalised like the video processor) with per-object labels.
 
     The images are what a *pretrained* image encoder has seen: every colour-shape pair (held-out pairs included: EVA
@@ -334,11 +336,26 @@ def frame_dataset(count: int, size: int, rng: np.random.Generator):
     frame, frames of many sizes and aspect ratios (stretched to the encoder's square input, as the video processor
     does). Labels per object slot (2 slots, objects in caption order, left to right): present, colour index, shape
     index (-100 when absent) and the centre (x, y) as fractions of the frame (NaN when absent).
+
+    With `twins`, every image has a twin right after it (`count` pairs, 2 * `count` images): the same frame with
+    each object's `redraw` attributes ("colour", "shape") drawn again, at the same place (drawn with a generator of
+    their own, so the first image of each pair is the image `twins=False` draws).
     """
     mean, std = np.array(CLIP_MEAN, np.float32), np.array(CLIP_STD, np.float32)
-    pixels = np.empty((count, 3, size, size), np.float32)
-    classes = np.full((count, 2, 3), -100, np.int64)
-    centres = np.full((count, 2, 2), np.nan, np.float32)
+    total = 2 * count if twins else count
+    pixels = np.empty((total, 3, size, size), np.float32)
+    classes = np.full((total, 2, 3), -100, np.int64)
+    centres = np.full((total, 2, 2), np.nan, np.float32)
+    twin_rng = np.random.default_rng([count, size, 7]) if twins else None
+
+    def put(i: int, scene: world.Scene) -> None:
+        image = Image.fromarray(world.render_frame(scene, 0.0)).resize((size, size), Image.BILINEAR)
+        pixels[i] = ((np.asarray(image, np.float32) / 255 - mean) / std).transpose(2, 0, 1)
+        classes[i, :, 0] = 0
+        for slot, obj in enumerate(scene.sorted_objects()):
+            classes[i, slot] = (1, list(world.COLOURS).index(obj.colour), world.SHAPES.index(obj.shape))
+            centres[i, slot] = obj.start
+
     for i in range(count):
         scene = world.sample_scene(rng, "any")
         scene.width = int(rng.integers(72, 161))  # sizes and aspect ratios (0.75-1.4) beyond the training videos
@@ -347,12 +364,16 @@ def frame_dataset(count: int, size: int, rng: np.random.Generator):
         for slot, obj in enumerate(objects):
             x_lo, x_hi = (0.15, 0.85) if len(objects) == 1 else ((0.1, 0.45), (0.55, 0.9))[slot]
             obj.start, obj.motion = (float(rng.uniform(x_lo, x_hi)), float(rng.uniform(0.15, 0.85))), "still"
-        image = Image.fromarray(world.render_frame(scene, 0.0)).resize((size, size), Image.BILINEAR)
-        pixels[i] = ((np.asarray(image, np.float32) / 255 - mean) / std).transpose(2, 0, 1)
-        classes[i, :, 0] = 0
-        for slot, obj in enumerate(objects):
-            classes[i, slot] = (1, list(world.COLOURS).index(obj.colour), world.SHAPES.index(obj.shape))
-            centres[i, slot] = obj.start
+        if not twins:
+            put(i, scene)
+            continue
+        put(2 * i, scene)
+        twin = copy.deepcopy(scene)  # same size, background and places; other colours and / or shapes
+        shapes = twin_rng.choice(world.SHAPES, size=len(objects), replace=False)
+        for obj, shape in zip(twin.objects, shapes):
+            obj.shape = str(shape) if "shape" in redraw else obj.shape
+            obj.colour = str(twin_rng.choice(list(world.COLOURS))) if "colour" in redraw else obj.colour
+        put(2 * i + 1, twin)
     return torch.from_numpy(pixels), torch.from_numpy(classes), torch.from_numpy(centres)
 
 
@@ -371,6 +392,22 @@ def sincos_position_embedding(hidden: int, grid: int) -> torch.Tensor:
         angle = coordinate[:, None] * omega[None]
         parts += [angle.sin(), angle.cos()]
     return torch.cat([torch.zeros(1, hidden), torch.cat(parts, dim=1)])[None]
+
+
+def twin_drift(
+    slots: torch.Tensor, classes: torch.Tensor, roles: tuple[int, ...] = (2, 3)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared distance between the `roles` query outputs (default x / y) of each image and its twin (`slots`:
+    (B, slot, role, H), images and twins alternating; `classes`: their labels), and between each image and the next
+    pair's image."""
+    picked = slots[:, :, list(roles)]
+    place = picked.reshape(-1, 2, *picked.shape[1:])  # (pairs, image|twin, slot, role, H)
+    present = classes[::2, :, 0] == 1  # (pairs, slot); the twin has the same objects
+    image, twin, other = place[:, 0], place[:, 1], place[:, 0].roll(1, dims=0)
+    both = present & present.roll(1, dims=0)
+    drift = (image - twin).pow(2).mean((-1, -2))[present].mean()
+    spread = (image - other).pow(2).mean((-1, -2))[both].mean()
+    return drift, spread
 
 
 def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg: dict, seed: int) -> dict:
@@ -408,8 +445,15 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
     generator = torch.Generator().manual_seed(seed)
     vision.train(), qformer.train()
     metrics: dict = {}
+    twin_weight = cfg.get("twin_invariance_weight", 0.0)
+    redrawn = cfg.get("twin_redraw", ["colour", "shape"])  # what a twin changes; the other queries must not move
+    invariant = tuple(k for k, role in ((0, "colour"), (1, "shape")) if role not in redrawn) + (2, 3)
     for step in range(cfg["steps"]):
-        index = torch.randint(len(pixels), (cfg["batch_size"],), generator=generator)
+        if twin_weight:  # half the batch: pairs (image, twin), next to each other
+            pairs = torch.randint(len(pixels) // 2, (cfg["batch_size"] // 2,), generator=generator)
+            index = torch.stack([2 * pairs, 2 * pairs + 1], dim=1).flatten()
+        else:
+            index = torch.randint(len(pixels), (cfg["batch_size"],), generator=generator)
         queries = qformer(encoder_hidden_states=vision(pixel_values=pixels[index]).last_hidden_state).last_hidden_state
         slots = queries[:, :8].reshape(len(index), 2, 4, hidden)  # (B, slot, role, H)
         target, where = classes[index], centres[index]
@@ -435,6 +479,17 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
         # move (shape ~55 % per frame after 1400 steps)
         weight = 5 + (cfg["position_loss_weight"] - 5) * min(1.0, step / (0.5 * cfg["steps"]))
         loss = loss + weight * nn.functional.mse_loss(xy[known], where[known])
+        if twin_weight:
+            # `twin_invariance_weight`: the queries whose role does not depend on what the twin changed (x / y, and
+            # the colour query when only the shape changes) must agree between an image and its twin, so that what
+            # the video Q-Former reads motion from carries no shape. The squared distance is small in absolute
+            # terms (the outputs are LayerNorm'd and dominated by the query itself: x / y at weight 1 ended at
+            # ~0.003 per channel against ~0.01 for two unrelated images), hence weights of 10-100; the metric is
+            # the ratio of the two (0.67 for the 1x encoder trained without twins). Off in the recipe: measured in
+            # the README (session 12), it did not keep the shape out of the motion answers
+            drift, spread = twin_drift(slots, target, invariant)
+            loss = loss + twin_weight * drift
+            metrics["frame_twin_drift"] = round((drift / spread).item(), 4)
         _optimizer_step(loss, params, optimizer, schedule)
         if step % 100 == 0 or step == cfg["steps"] - 1:
             with torch.no_grad():
@@ -556,7 +611,9 @@ def _encoders_job(config: dict, cfg: dict, path: Path) -> tuple[dict, dict]:
     torch.manual_seed(seed)
     model = tv.VideoLlamaForConditionalGeneration(tv.VideoLlamaConfig.from_dict(config))
     rng = np.random.default_rng([seed, 3])
-    frames = frame_dataset(cfg["frame_encoder"]["frames"], cfg["model"]["image_size"], rng)
+    twins = bool(cfg["frame_encoder"].get("twin_invariance_weight"))
+    redraw = tuple(cfg["frame_encoder"].get("twin_redraw", ("colour", "shape")))
+    frames = frame_dataset(cfg["frame_encoder"]["frames"], cfg["model"]["image_size"], rng, twins, redraw)
     metrics = train_frame_encoder(model, frames, cfg["frame_encoder"], seed)
     middle = time.perf_counter()
     pool = [s for s in world.iter_scenes("train", cfg["audio_encoder"]["scenes"] * 2, seed + 2) if s.sound]
@@ -824,6 +881,12 @@ def main(argv: list[str] | None = None) -> int:
             f"roles {sorted(roles)}; cannot read {'; '.join(map(str, bad))}"
         )
     cfg["lm"]["media_bindings"] = bindings
+    redraw = cfg["frame_encoder"].get("twin_redraw", ["colour", "shape"])
+    if not isinstance(redraw, list) or not redraw or not set(redraw) <= {"colour", "shape"}:
+        parser.error(
+            f"{args.recipe}: frame_encoder.twin_redraw lists what a twin image draws anew, a non-empty subset of "
+            f"['colour', 'shape']; got {redraw!r}"
+        )
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()
