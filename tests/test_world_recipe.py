@@ -202,23 +202,27 @@ def test_frame_encoder_twin_invariance_pulls_the_position_queries_of_twins_toget
     tokenizer = tv.train_videollama_tokenizer(["a red circle"] * 10, vocab_size=300, min_frequency=1)
     text = dict(tiny, max_position_embeddings=64)
     config = recipe.build_config(model_cfg, recipe.language_model_config(tokenizer, text), len(tokenizer) - 2)
-    data = recipe.frame_dataset(32, 32, np.random.default_rng(0), twins=True)
-    drift = {}
-    for weight in (0.0, 1e5):  # tiny outputs barely differ at first: a large weight
+
+    def drift(redraw: tuple[str, ...], weight: float, roles: tuple[int, ...]) -> float:
+        data = recipe.frame_dataset(32, 32, np.random.default_rng(0), twins=True, redraw=redraw)
         torch.manual_seed(0)
         model = tv.VideoLlamaForConditionalGeneration(config)
         cfg = {"steps": 30, "batch_size": 16, "learning_rate": 3e-3, "position_loss_weight": 50}
-        recipe.train_frame_encoder(
-            model, data, dict(cfg, twin_invariance_weight=weight or 1e-12), seed=0
-        )  # same batches
+        # weight 1e-12 rather than 0: the run draws the same (image, twin) batches as the pulled one
+        cfg.update(twin_invariance_weight=weight or 1e-12, twin_redraw=list(redraw))
+        recipe.train_frame_encoder(model, data, cfg, seed=0)
         with torch.no_grad():
             queries = model.model.qformer(
                 encoder_hidden_states=model.model.vision_tower(pixel_values=data[0]).last_hidden_state
             ).last_hidden_state[:, :8]
-        twin, other = recipe.twin_drift(queries.reshape(64, 2, 4, -1), data[1])
-        drift[weight] = (twin / other).item()
+        twin, other = recipe.twin_drift(queries.reshape(64, 2, 4, -1), data[1], roles)
+        return (twin / other).item()
+
     # relative to unrelated images, twins' position queries were far apart without the pull and close with it
-    assert drift[1e5] < 0.25 * drift[0.0], drift  # measured: 0.35 without, 0.04 with
+    # (tiny outputs barely differ at first: a large weight); measured 0.35 without, 0.04 with
+    assert drift(("colour", "shape"), 1e5, (2, 3)) < 0.25 * drift(("colour", "shape"), 0.0, (2, 3))
+    # twins that redraw only the shape pull the colour query too (measured 0.092 without, 0.045 with)
+    assert drift(("shape",), 1e5, (0,)) < 0.7 * drift(("shape",), 0.0, (0,))
 
 
 def _refusal(tmp_path, capsys, edit) -> str:
