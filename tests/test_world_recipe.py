@@ -210,7 +210,8 @@ def test_frame_encoder_twin_invariance_pulls_the_position_queries_of_twins_toget
         cfg = {"steps": 30, "batch_size": 16, "learning_rate": 3e-3, "position_loss_weight": 50}
         # weight 1e-12 rather than 0: the run draws the same (image, twin) batches as the pulled one
         cfg.update(twin_invariance_weight=weight or 1e-12, twin_redraw=list(redraw))
-        recipe.train_frame_encoder(model, data, cfg, seed=0)
+        metrics = recipe.train_frame_encoder(model, data, cfg, seed=0)
+        assert metrics["frame_twin_drift"] > 0  # reported at the logging steps
         with torch.no_grad():
             queries = model.model.qformer(
                 encoder_hidden_states=model.model.vision_tower(pixel_values=data[0]).last_hidden_state

@@ -326,8 +326,11 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float =
 # -- 3b. the frame encoder stand-in (EVA ViT + BLIP-2 Q-Former) ------------------------------------------------------
 
 
+TWIN_REDRAW = ("colour", "shape")  # what a twin image draws anew unless `frame_encoder.twin_redraw` says otherwise
+
+
 def frame_dataset(
-    count: int, size: int, rng: np.random.Generator, twins: bool = False, redraw: tuple[str, ...] = ("colour", "shape")
+    count: int, size: int, rng: np.random.Generator, twins: bool = False, redraw: tuple[str, ...] = TWIN_REDRAW
 ):
     """`count` single images of the whole world (normalised like the video processor) with per-object labels.
 
@@ -446,7 +449,7 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
     vision.train(), qformer.train()
     metrics: dict = {}
     twin_weight = cfg.get("twin_invariance_weight", 0.0)
-    redrawn = cfg.get("twin_redraw", ["colour", "shape"])  # what a twin changes; the other queries must not move
+    redrawn = cfg.get("twin_redraw", TWIN_REDRAW)  # what a twin changes; the other queries must not move
     invariant = tuple(k for k, role in ((0, "colour"), (1, "shape")) if role not in redrawn) + (2, 3)
     for step in range(cfg["steps"]):
         if twin_weight:  # half the batch: pairs (image, twin), next to each other
@@ -489,7 +492,6 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
             # the README (session 12), it did not keep the shape out of the motion answers
             drift, spread = twin_drift(slots, target, invariant)
             loss = loss + twin_weight * drift
-            metrics["frame_twin_drift"] = round((drift / spread).item(), 4)
         _optimizer_step(loss, params, optimizer, schedule)
         if step % 100 == 0 or step == cfg["steps"] - 1:
             with torch.no_grad():
@@ -498,6 +500,8 @@ def train_frame_encoder(model: tv.VideoLlamaForConditionalGeneration, data, cfg:
                     hits = logits[name].argmax(-1)[valid] == target[..., k][valid]
                     metrics[f"frame_{name}_accuracy"] = round(hits.float().mean().item(), 4)
                 metrics["frame_position_error"] = round((xy[known] - where[known]).abs().mean().item(), 4)
+                if twin_weight:
+                    metrics["frame_twin_drift"] = round((drift / spread).item(), 4)
             logger.info("  frame encoder step %d/%d loss %.3f %s", step, cfg["steps"], loss.item(), metrics)
     vision.eval(), qformer.eval()
     return metrics
@@ -612,7 +616,7 @@ def _encoders_job(config: dict, cfg: dict, path: Path) -> tuple[dict, dict]:
     model = tv.VideoLlamaForConditionalGeneration(tv.VideoLlamaConfig.from_dict(config))
     rng = np.random.default_rng([seed, 3])
     twins = bool(cfg["frame_encoder"].get("twin_invariance_weight"))
-    redraw = tuple(cfg["frame_encoder"].get("twin_redraw", ("colour", "shape")))
+    redraw = tuple(cfg["frame_encoder"].get("twin_redraw", TWIN_REDRAW))
     frames = frame_dataset(cfg["frame_encoder"]["frames"], cfg["model"]["image_size"], rng, twins, redraw)
     metrics = train_frame_encoder(model, frames, cfg["frame_encoder"], seed)
     middle = time.perf_counter()
@@ -881,11 +885,11 @@ def main(argv: list[str] | None = None) -> int:
             f"roles {sorted(roles)}; cannot read {'; '.join(map(str, bad))}"
         )
     cfg["lm"]["media_bindings"] = bindings
-    redraw = cfg["frame_encoder"].get("twin_redraw", ["colour", "shape"])
-    if not isinstance(redraw, list) or not redraw or not set(redraw) <= {"colour", "shape"}:
+    redraw = cfg["frame_encoder"].get("twin_redraw", list(TWIN_REDRAW))
+    if not isinstance(redraw, list) or not redraw or not set(redraw) <= set(TWIN_REDRAW):
         parser.error(
             f"{args.recipe}: frame_encoder.twin_redraw lists what a twin image draws anew, a non-empty subset of "
-            f"['colour', 'shape']; got {redraw!r}"
+            f"{list(TWIN_REDRAW)}; got {redraw!r}"
         )
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
