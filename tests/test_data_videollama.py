@@ -58,7 +58,8 @@ def test_llava_and_videochat_instruct(tmp_path):
     (tmp_path / "llava.json").write_text(json.dumps(llava))
     data = load_training_data("llava", tmp_path / "llava.json", tmp_path)
     assert data[0]["media"] == str(tmp_path / "COCO_train2014_000001.jpg")  # the original's COCO prefix, detected
-    assert data[0]["conversations"][0] == {"from": "human", "value": "<image>\nWhat is it?"}
+    # every turn has the same columns; `priors` (answer priors, see the jsonl format) is empty unless given
+    assert data[0]["conversations"][0] == {"from": "human", "value": "<image>\nWhat is it?", "priors": []}
 
     videochat = [{"video": "v/1.mp4", "QA": [{"q": "Q1", "a": "A1"}, {"q": "Q2", "a": "A2"}]}]
     (tmp_path / "vc.json").write_text(json.dumps(videochat))
@@ -85,7 +86,11 @@ def test_jsonl_format(tmp_path):
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
     data = load_training_data("jsonl", path)
     assert len(data) == 4 and set(DATA_FORMATS) == {"webvid", "image_caption", "llava", "videochat", "jsonl"}
-    assert data[0]["media"] == str(tmp_path / "a.mp4") and data[0]["conversations"][1] == {"from": "gpt", "value": "A"}
+    assert data[0]["media"] == str(tmp_path / "a.mp4") and data[0]["conversations"][1] == {
+        "from": "gpt",
+        "value": "A",
+        "priors": [],
+    }
     assert data[1]["audio"] == str(tmp_path / "a.mp4")  # "audio": true is the video's own sound track
     assert data[2]["media_type"] == "image" and data[2]["caption"] == "a caption" and data[2]["conversations"] == []
     assert data[3]["media"] == "" and data[3]["caption"] is None

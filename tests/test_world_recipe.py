@@ -322,3 +322,64 @@ def test_recipe_refuses_media_bindings_it_cannot_read(tmp_path, capsys):
 def test_recipe_refuses_twins_that_redraw_something_else(tmp_path, capsys):
     err = _refusal(tmp_path, capsys, lambda r: r["frame_encoder"].update(twin_redraw=["size"]))
     assert "frame_encoder.twin_redraw" in err and "got ['size']" in err
+
+
+def test_answer_priors_weigh_each_answered_attribute_by_the_training_split():
+    import math
+
+    recipe = _recipe_module()
+
+    def obj(colour, shape, motion, x):
+        return world.SceneObject(colour, shape, motion, (x, 0.5), 0.3)
+
+    # a "training split": triangles move left or right, never still; circles are red or blue, never green
+    train = [
+        world.Scene([obj("red", "triangle", "left", 0.5)], None),
+        world.Scene([obj("blue", "triangle", "right", 0.5)], None),
+        world.Scene([obj("red", "circle", "still", 0.3), obj("blue", "square", "still", 0.7)], None),
+        world.Scene([obj("blue", "circle", "left", 0.5)], None),
+    ]
+    counts = recipe.pair_counts(train)
+    assert (
+        counts[("motion", "left", "shape", "triangle")] == 1 and ("motion", "still", "shape", "triangle") not in counts
+    )
+    assert counts[("shape", "square", "colour", "blue")] == counts[("colour", "blue", "shape", "square")] == 1
+
+    scene = world.Scene([obj("green", "circle", "left", 0.3), obj("red", "triangle", "right", 0.7)], "high tone")
+    qas = {qa["type"] if qa["type"] not in ("colour", "motion") else (qa["type"], qa["question"]): qa
+           for qa in world.questions(scene)}  # fmt: skip
+    motion = recipe.answer_priors(scene, qas[("motion", "How is the triangle moving?")], counts, 1.0)
+    (prior,) = motion
+    answer = qas[("motion", "How is the triangle moving?")]["answer"]  # "The triangle is moving right."
+    assert answer[prior["offset"] :].startswith("moving right") and prior["choices"] == list(
+        world.MOTION_TEXT.values()
+    )
+    weight = dict(zip(prior["choices"], prior["weights"]))
+    # P(motion | triangle) x P(motion | red), add-one: still never seen with a triangle, moving right once each
+    expected = {
+        m: (counts.get(("motion", m, "shape", "triangle"), 0) + 1)
+        / (2 + 5)
+        * (counts.get(("motion", m, "colour", "red"), 0) + 1)
+        / (2 + 5)
+        for m in world.MOTIONS
+    }
+    assert [weight[world.MOTION_TEXT[m]] for m in world.MOTIONS] == pytest.approx([expected[m] for m in world.MOTIONS])
+    assert math.isclose(weight["not moving"], 1 / 7 * 2 / 7) and weight["moving right"] == pytest.approx(2 / 7 * 1 / 7)
+
+    # the shape question: one prior per object, in caption order; the colour question: the colour word (the last)
+    shapes = recipe.answer_priors(scene, qas["shape"], counts, 1.0)
+    assert [qas["shape"]["answer"][p["offset"] :].split()[0].rstrip(".") for p in shapes] == ["circle", "triangle"]
+    (colour,) = recipe.answer_priors(scene, qas[("colour", "What colour is the circle?")], counts, 1.0)
+    assert qas[("colour", "What colour is the circle?")]["answer"][colour["offset"] :] == "green."
+    # a description: colour, shape and motion of each object, in order; nothing for count or sound
+    described = recipe.answer_priors(scene, qas["describe"], counts, 1.0)
+    words = [qas["describe"]["answer"][p["offset"] :].split()[0].rstrip(".") for p in described]
+    assert words == ["green", "circle", "moving", "red", "triangle", "moving"]
+    assert recipe.answer_priors(scene, qas["count"], counts, 1.0) == []
+    assert recipe.answer_priors(scene, qas["sound"], counts, 1.0) == []
+    # the records of both stages carry them; the collator accepts them
+    records = recipe.stage_records(
+        [scene], Path("videos"), 2, __import__("numpy").random.default_rng(0), (counts, 1.0)
+    )
+    answers = records[0]["conversations"][1::2]
+    assert all("priors" in turn for turn in answers) and any(turn["priors"] for turn in answers)

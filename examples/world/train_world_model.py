@@ -47,6 +47,7 @@ import logging
 import math
 import multiprocessing
 import random
+import re
 import shutil
 import sys
 import time
@@ -735,20 +736,99 @@ def match_projection_scale(
 # -- 5/6. stage data ----------------------------------------------------------------------------------------------
 
 
-def stage_records(scenes: list[world.Scene], video_dir: Path, stage: int, rng: np.random.Generator) -> list[dict]:
+ATTRIBUTE_CHOICES = {  # each attribute's values and how an answer writes them
+    "colour": {colour: colour for colour in world.COLOURS},
+    "shape": {shape: shape for shape in world.SHAPES},
+    "motion": dict(world.MOTION_TEXT),
+}
+
+
+def pair_counts(scenes: list[world.Scene]) -> dict[tuple[str, str, str, str], int]:
+    """How often each object of `scenes` has value a of one attribute together with value b of another:
+    `{(attribute, a, other attribute, b): count}` (what a model can pick up instead of looking)."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for scene in scenes:
+        for obj in scene.objects:
+            for role in ATTRIBUTE_CHOICES:
+                for other in ATTRIBUTE_CHOICES:
+                    if other != role:
+                        key = (role, getattr(obj, role), other, getattr(obj, other))
+                        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def attribute_prior(obj: world.SceneObject, role: str, counts: dict, smoothing: float) -> list[float]:
+    """The prior of `obj`'s `role` attribute given its other attributes, as the training split has them: per value
+    (in `ATTRIBUTE_CHOICES[role]` order) the product over the other attributes of P(value | their value),
+    add-`smoothing` estimates (naive Bayes). A pair the split never has gets a small weight, not a zero."""
+    values = list(ATTRIBUTE_CHOICES[role])
+    weights = [1.0] * len(values)
+    for other in ATTRIBUTE_CHOICES:
+        if other == role:
+            continue
+        seen = [counts.get((role, value, other, getattr(obj, other)), 0) for value in values]
+        total = sum(seen) + smoothing * len(values)
+        weights = [w * (n + smoothing) / total for w, n in zip(weights, seen)]
+    return weights
+
+
+def answer_priors(scene: world.Scene, qa: dict, counts: dict, smoothing: float) -> list[dict]:
+    """The `priors` of an answer (the training record format, see `answer_prior_biases`): at every word the answer
+    tells from the video (the colour, shape or motion asked about; all three of each object in a description), the
+    prior over that attribute's values given the object's other attributes (`attribute_prior`). The stages then
+    learn what the frames show beyond what those attributes already tell (a triangle never still in training)."""
+    objects = scene.sorted_objects()
+    if qa["type"] in ("colour", "motion"):
+        named = [obj for obj in objects if re.search(rf"\b{obj.shape}\b", qa["question"])]
+        slots = [(named[0] if named else objects[0], qa["type"])]
+    elif qa["type"] == "shape":
+        slots = [(obj, "shape") for obj in objects]
+    elif qa["type"] == "describe":
+        slots = [(obj, role) for obj in objects for role in ("colour", "shape", "motion")]
+    else:
+        return []
+    priors, cursor, answer = [], 0, qa["answer"]
+    for obj, role in slots:
+        text = ATTRIBUTE_CHOICES[role][getattr(obj, role)]
+        if role == "colour" and qa["type"] == "colour":  # "The colour of the cross is red.": the last word
+            found = re.search(rf"\b{text}\b(?!.*\b{text}\b)", answer[cursor:])
+        else:
+            found = re.search(rf"\b{text}\b", answer[cursor:])
+        if found is None:
+            raise ValueError(f"scene {scene.id}: {text!r} not found in the answer {answer!r}")
+        offset = cursor + found.start()
+        weights = attribute_prior(obj, role, counts, smoothing)
+        priors.append({"offset": offset, "choices": list(ATTRIBUTE_CHOICES[role].values()), "weights": weights})
+        cursor = offset + len(text)
+    return priors
+
+
+def stage_records(
+    scenes: list[world.Scene],
+    video_dir: Path,
+    stage: int,
+    rng: np.random.Generator,
+    priors: tuple[dict, float] | None = None,
+) -> list[dict]:
+    """The stage's training records (stage 1 captions, stage 2 questions); with `priors` = (`pair_counts` of the
+    training split, smoothing), each answer carries its `answer_priors`."""
     records = []
     for scene in scenes:
         path = str(video_dir / f"{scene.id}.mp4")
         has_track = scene.sound is not None
         hear = has_track and rng.random() < 0.9  # some questions are asked without the sound (--no-audio)
         if stage == 1:
-            turns = [{"question": "Describe the video.", "answer": world.caption(scene, with_sound=hear)}]
+            caption = world.caption(scene, with_sound=hear)
+            turns = [{"type": "describe", "question": "Describe the video.", "answer": caption}]
         else:
             qas = world.questions(scene, rng, with_sound=hear)
             turns = [qas[i] for i in rng.permutation(len(qas))]
         conversations = []
         for qa in turns:
-            conversations += [{"from": "human", "value": qa["question"]}, {"from": "gpt", "value": qa["answer"]}]
+            answer = {"from": "gpt", "value": qa["answer"]}
+            if priors is not None:
+                answer["priors"] = answer_priors(scene, qa, *priors)
+            conversations += [{"from": "human", "value": qa["question"]}, answer]
         records.append({"video": path, "audio": hear, "conversations": conversations})
     return records
 
@@ -826,12 +906,15 @@ def train_stages(
     feature_cache = feature_cache or out / "frozen_features"
     metrics: dict = {}
     stage1, stage2, video_dir = out / "stage1", out / "stage2", world_dir / "train" / "videos"
-    records = stage_records(train_scenes, video_dir, 1, rng)
+    priors = None
+    if cfg.get("answer_priors"):  # debiasing by a product of experts (see answer_priors)
+        priors = (pair_counts(train_scenes), float(cfg["answer_priors"]["smoothing"]))
+    records = stage_records(train_scenes, video_dir, 1, rng, priors)
     metrics["stage1"] = run_stage(base, records, stage1, cfg["stage1"], seed, feature_cache)
     _copy_non_weights(base, stage1)
     if timer:
         timer.lap("stage 1")
-    records = stage_records(train_scenes, video_dir, 2, rng)
+    records = stage_records(train_scenes, video_dir, 2, rng, priors)
     metrics["stage2"] = run_stage(stage1, records, stage2, cfg["stage2"], seed, feature_cache)
     _copy_non_weights(base, stage2)
     if timer:

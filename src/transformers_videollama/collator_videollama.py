@@ -26,6 +26,11 @@ Label masking (`label_masking`):
   left unmasked. For LLaMA-2 (`preprocess_for_llama_v2`) each round is measured with its BOS and the instruction
   with `len - 2`. The attention mask is `input_ids != pad_token_id`, as the original's collater built it.
 
+Answer priors. An assistant turn may carry `priors` (the prior over how the answer goes on at some character:
+`answer_prior_biases`); the collator turns them into logit biases on the supervised answer tokens
+(`answer_prior_index` / `answer_prior_bias` in the batch), which `VideoLlamaTrainer` adds before the loss. Supported
+with the `"answers"` masking in both prompt formats.
+
 Audio. An example's `audio` (a video or audio file; usually the video itself) is rendered with the demo's
 audio-visual sentence and fills the `<AudioHere>` placeholders through the ImageBind audio trunk. In the paper's
 audio-branch stages (`audio_branch_from_images=True`) there is no audio at all: the frames are encoded by ImageBind's
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -56,7 +62,9 @@ __all__ = [
     "TRAINING_FORMATS",
     "EncodedExample",
     "VideoLlamaDataCollator",
+    "answer_prior_biases",
     "blip_caption",
+    "prior_bias_tensors",
     "original_llama2_labels",
     "original_vicuna_labels",
     "render_training_text",
@@ -119,6 +127,129 @@ def _turns(conversations: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         if role != ("user", "assistant")[i % 2]:
             raise ValueError(f"Conversation turns must alternate user/assistant; turn {i} is a second {role!r} turn.")
     return turns
+
+
+def _answer_priors(conversations: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The `priors` of each assistant turn, in order (`[]` where a turn has none)."""
+    out = []
+    for turn in conversations:
+        role = str(turn.get("from", turn.get("role", ""))).lower()
+        if role in ("gpt", "assistant"):
+            out.append(list(turn.get("priors") or []))
+        elif turn.get("priors"):
+            raise ValueError("'priors' belong to assistant (gpt) turns: they weigh the answer's words")
+    return out
+
+
+# A prior weight of 0 (an answer the prior rules out) as a logit bias: finite, so that no softmax sees -inf.
+_ZERO_PRIOR_BIAS = -1e4
+
+
+def answer_prior_biases(
+    text: str,
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    answers: Sequence[tuple[int, str, Sequence[dict[str, Any]]]],
+    tokenize: Any,
+) -> list[tuple[int, int, float]]:
+    """Logit biases that put a known *prior* over an answer's words into the training loss (product of experts).
+
+    Debiasing by a product of experts (Clark et al., 2019, "Don't Take the Easy Way Out"; He et al., 2019): where the
+    training data ties an answer word to something the model can see that does not cause it (in a world where no
+    triangle is ever still in training, "not moving" is never the answer for a triangle), the model learns the tie
+    instead of the cause, and fails on the pairs training never showed. Adding the log of the tie (the *prior*) to
+    the logits while training explains that part of the answer already, so the gradient teaches only what the prior
+    does not; inference does not add it.
+
+    `answers`: per answer, its first character in `text`, its text and its priors, each
+    `{"offset": int, "choices": [str, ...], "weights": [float, ...]}`: at character `offset` of the answer it goes on
+    with one of `choices` (the longest that matches; its weight must be > 0), and `weights` are the prior's
+    (unnormalised) probabilities of them. Each choice is tokenised in place (`tokenize(text) -> (ids, offsets)`);
+    along the answer's own tokens, wherever the choices still agreeing with it so far continue with different tokens,
+    each such token gets bias `log(weight of the choices it starts / the largest such weight)`: the likeliest
+    continuation keeps its logit, the others are lowered (`_ZERO_PRIOR_BIAS` for weight 0), other tokens untouched.
+
+    Returns `(position, token id, bias)`: the bias is added to the logits that predict `ids[position]`.
+    """
+    entries: list[tuple[int, int, float]] = []
+    for start, answer, priors in answers:
+        for number, prior in enumerate(priors):
+            where = f"answer {answer!r}, prior {number}"
+            offset, choices, weights = prior.get("offset"), prior.get("choices"), prior.get("weights")
+            if not isinstance(offset, int) or not 0 <= offset <= len(answer):
+                raise ValueError(f"{where}: 'offset' must be a character index into the answer, got {offset!r}")
+            if not choices or not isinstance(choices, (list, tuple)) or len(set(choices)) != len(choices):
+                raise ValueError(f"{where}: 'choices' must be a non-empty list of distinct strings, got {choices!r}")
+            if not isinstance(weights, (list, tuple)) or len(weights) != len(choices):
+                raise ValueError(f"{where}: 'weights' must give one number per choice, got {weights!r}")
+            if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):
+                raise ValueError(f"{where}: 'weights' must be finite numbers >= 0, got {weights!r}")
+            matching = [c for c in choices if answer.startswith(c, offset)]
+            if not matching:
+                raise ValueError(f"{where}: the answer does not go on with any of {choices!r} at offset {offset}")
+            actual = max(matching, key=len)
+            weight = dict(zip(choices, (float(w) for w in weights)))
+            if weight[actual] <= 0:
+                raise ValueError(f"{where}: the answer's own choice {actual!r} has prior weight 0")
+            at = start + offset
+            first = next((i for i, (s, e) in enumerate(offsets) if e > at and e > s), None)
+            if first is None:  # truncated away: nothing of it is supervised
+                continue
+            others = {c: list(tokenize(text[:at] + c + text[at + len(actual) :])[0]) for c in choices if c != actual}
+            for choice, other in others.items():  # a choice may start in the token before `at` ("▁" + "green")
+                shared = _common_prefix(ids, other)
+                if shared < first:
+                    if offsets[shared][1] < at:
+                        raise ValueError(
+                            f"{where}: choice {choice!r} changes how the text before it is tokenised; "
+                            "start the choices at a word boundary"
+                        )
+                    first = shared
+            streams = {actual: list(ids[first:]), **{c: other[first:] for c, other in others.items()}}
+            own = streams[actual]
+            shared_tail = min(
+                (_common_suffix(own, stream) for choice, stream in streams.items() if choice != actual),
+                default=0,
+            )
+            for step in range(max(len(own) - shared_tail, 1)):
+                groups: dict[int, float] = {}
+                for choice, stream in streams.items():
+                    if len(stream) > step and stream[:step] == own[:step]:
+                        groups[stream[step]] = groups.get(stream[step], 0.0) + weight[choice]
+                if len(groups) < 2:
+                    continue
+                top = max(groups.values())
+                for token, total in groups.items():
+                    bias = math.log(total / top) if total > 0 else _ZERO_PRIOR_BIAS
+                    if bias != 0.0:
+                        entries.append((first + step, token, bias))
+    return entries
+
+
+def prior_bias_tensors(rows: Sequence[Sequence[tuple[int, int, float]]]) -> dict[str, torch.Tensor]:
+    """A batch's answer-prior biases (one list per row) as `answer_prior_index` (N, 3): row, position, token id, and
+    `answer_prior_bias` (N,); `{}` when there are none (the batch then trains on the plain loss)."""
+    flat = [(row, position, token, bias) for row, entries in enumerate(rows) for position, token, bias in entries]
+    if not flat:
+        return {}
+    return {
+        "answer_prior_index": torch.tensor([entry[:3] for entry in flat], dtype=torch.long),
+        "answer_prior_bias": torch.tensor([entry[3] for entry in flat], dtype=torch.float32),
+    }
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _common_suffix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
 
 
 def render_training_text(
@@ -221,6 +352,8 @@ class EncodedExample:
     videos: list[Any] = field(default_factory=list)  # decoded `DecodedVideo`s, in placeholder order
     audios: list[Any] = field(default_factory=list)  # audio sources, in placeholder order
     text: str = ""
+    # answer priors as logit biases: (token position, token id, bias) for the logits that predict that position
+    priors: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -338,6 +471,7 @@ class VideoLlamaDataCollator:
             batch["input_ids"][row, :n] = torch.tensor(e.input_ids)
             batch["attention_mask"][row, :n] = torch.tensor(e.attention_mask)
             batch["labels"][row, :n] = torch.tensor(e.labels)
+        batch.update(prior_bias_tensors([e.priors for e in encoded]))
         videos = [v for e in encoded for v in e.videos]
         if videos:
             frames = self.processor.video_processor.batch(videos, return_tensors="pt")
@@ -388,6 +522,9 @@ class VideoLlamaDataCollator:
 
     def _encode_conversation(self, example: dict[str, Any]) -> EncodedExample:
         turns = _turns(example["conversations"])
+        priors = _answer_priors(example["conversations"])
+        if any(priors) and self.label_masking != "answers":
+            raise ValueError("answer 'priors' need label_masking='answers' (they weigh the supervised answer tokens)")
         decoded, kind = self._media(example)
         audio = self._audio_source(example)
         token, count = self._placeholders()
@@ -440,7 +577,9 @@ class VideoLlamaDataCollator:
         else:
             labels = self._answer_labels(ids, encoding.offset_mapping, spans)
             attention = [1] * len(ids)
-        return EncodedExample(ids, labels, attention, videos, audios, text)
+        answers = [(start, value, prior) for (start, _), (_, value), prior in zip(spans, turns[1::2], priors)]
+        biases = self._prior_biases(text, ids, encoding.offset_mapping, labels, answers) if any(priors) else []
+        return EncodedExample(ids, labels, attention, videos, audios, text, biases)
 
     def _encode_chat_template(self, example: dict[str, Any]) -> EncodedExample:
         """Render with the processor's chat template (as inference does); supervise answers + their separator."""
@@ -475,15 +614,16 @@ class VideoLlamaDataCollator:
         # decode once (an unusable audio track is an error here: the record asked for it)
         messages = processor.prepare_conversation(messages, False, "error", self.num_frames, None)
         _, (videos,), audios, _ = processor._multimodal_inputs_from_conversations([messages], {})
-        key = self._render_key(messages)
+        priors = _answer_priors(example["conversations"])
+        key = self._render_key(messages) + (json.dumps(priors, sort_keys=True) if any(priors) else "")
         cached = self._rendered.get(key)
         if cached is None:
-            cached = self._render_and_label(messages)
+            cached = self._render_and_label(messages, priors)
             self._check_placeholders(cached[0], len(videos), len(audios))
             if len(self._rendered) < _MAX_RENDERED:
                 self._rendered[key] = cached
-        ids, labels, text = cached
-        return EncodedExample(list(ids), list(labels), [1] * len(ids), videos, audios, text)
+        ids, labels, text, biases = cached
+        return EncodedExample(list(ids), list(labels), [1] * len(ids), videos, audios, text, list(biases))
 
     def _render_key(self, messages: list[dict[str, Any]]) -> str:
         """What the chat template reads from a prepared conversation: roles, texts, block types, the timestamp
@@ -495,8 +635,11 @@ class VideoLlamaDataCollator:
             default=lambda value: type(value).__name__,
         )
 
-    def _render_and_label(self, messages: list[dict[str, Any]]) -> tuple[list[int], list[int], str]:
-        """Render with the chat template, tokenise, and supervise each answer up to its separator.
+    def _render_and_label(
+        self, messages: list[dict[str, Any]], priors: Sequence[Sequence[dict[str, Any]]] = ()
+    ) -> tuple[list[int], list[int], str, list[tuple[int, int, float]]]:
+        """Render with the chat template, tokenise, and supervise each answer up to its separator (and turn each
+        answer's `priors`, one list per assistant message, into logit biases: `answer_prior_biases`).
 
         Renders once per answer boundary (the prompt that asks for it, the turn that holds it); the results are kept
         per `_render_key`, so an epoch after the first renders nothing (collating a batch of 16 of the bundled
@@ -522,16 +665,46 @@ class VideoLlamaDataCollator:
             if message["role"] == "assistant"
         ]
         text = render(len(messages), False)
+        encoding = self._tokenize_with_offsets(text)
+        ids = list(encoding.input_ids)
+        labels = self._answer_labels(ids, encoding.offset_mapping, spans)
+        if not any(priors):
+            return ids, labels, text, []
+        contents = [m["content"] for m in messages if m["role"] == "assistant"]
+        answers = []
+        for (start, end), content, prior in zip(spans, contents, priors):
+            found = text.find(content, start, end) if isinstance(content, str) else -1
+            if prior and found < 0:
+                raise ValueError(f"answer {content!r}: not found where the chat template put it; cannot place priors")
+            answers.append((found, content, prior))
+        return ids, labels, text, self._prior_biases(text, ids, encoding.offset_mapping, labels, answers)
+
+    def _tokenize_with_offsets(self, text: str) -> Any:
         bos = self.tokenizer.bos_token
-        encoding = self.tokenizer(
+        return self.tokenizer(
             text,
             add_special_tokens=not (bos and text.startswith(bos)),
             truncation=True,
             max_length=self.max_length,
             return_offsets_mapping=True,
         )
-        ids = list(encoding.input_ids)
-        return ids, self._answer_labels(ids, encoding.offset_mapping, spans), text
+
+    def _prior_biases(
+        self,
+        text: str,
+        ids: Sequence[int],
+        offsets: Sequence[tuple[int, int]],
+        labels: Sequence[int],
+        answers: Sequence[tuple[int, str, Sequence[dict[str, Any]]]],
+    ) -> list[tuple[int, int, float]]:
+        """`answer_prior_biases` on this collator's tokenisation, kept where the position is supervised."""
+
+        def tokenize(other: str) -> tuple[list[int], list[tuple[int, int]]]:
+            encoding = self._tokenize_with_offsets(other)
+            return list(encoding.input_ids), list(encoding.offset_mapping)
+
+        biases = answer_prior_biases(text, ids, offsets, answers, tokenize)
+        return [(position, token, bias) for position, token, bias in biases if labels[position] != IGNORE_INDEX]
 
     def _answer_labels(
         self, ids: Sequence[int], offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]

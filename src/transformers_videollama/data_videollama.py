@@ -34,7 +34,10 @@ Formats:
 
                 `conversations` also accepts `{"role": "user"|"assistant", "content": str}` turns. A `<video>` or
                 `<image>` tag in a user turn marks where the media go; without one they go in front of the first
-                question.
+                question. A gpt turn may carry `priors` for debiasing by a product of experts (training only; see
+                `collator_videollama.answer_prior_biases`): `[{"offset": 18, "choices": ["moving left", ...,
+                "not moving"], "weights": [1, 1, 0, 1, 1]}]`, the prior over how the answer goes on at that
+                character.
 """
 
 from __future__ import annotations
@@ -69,7 +72,19 @@ TRAINING_FEATURES = datasets.Features(
         "media": datasets.Value("string"),
         "media_type": datasets.Value("string"),
         "audio": datasets.Value("string"),
-        "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}],
+        "conversations": [
+            {
+                "from": datasets.Value("string"),
+                "value": datasets.Value("string"),
+                "priors": [
+                    {
+                        "offset": datasets.Value("int32"),
+                        "choices": [datasets.Value("string")],
+                        "weights": [datasets.Value("float64")],
+                    }
+                ],
+            }
+        ],
         "caption": datasets.Value("string"),
     }
 )
@@ -88,7 +103,7 @@ def _record(
         "media": media,
         "media_type": media_type,
         "audio": audio,
-        "conversations": conversations or [],
+        "conversations": [{**turn, "priors": turn.get("priors") or []} for turn in conversations or []],
         "caption": caption,
     }
 
@@ -133,7 +148,48 @@ def _conversation(turns: Any, where: str) -> list[dict[str, str]]:
             raise ValueError(f"{where}: turn {i} needs a string 'value' (or 'content')")
         if role != ("human", "gpt")[i % 2]:
             raise ValueError(f"{where}: turns must alternate human/gpt starting with human; turn {i} is {role!r}")
-        out.append({"from": role, "value": value})
+        out.append(
+            {"from": role, "value": value, "priors": _priors(turn.get("priors"), role, value, f"{where}: turn {i}")}
+        )
+    return out
+
+
+def _priors(priors: Any, role: str, answer: str, where: str) -> list[dict[str, Any]]:
+    """Check a turn's `priors` (see the module docstring) so that a bad one is reported with its line."""
+    if not priors:
+        return []
+    if role != "gpt":
+        raise ValueError(f"{where}: 'priors' belong to gpt (assistant) turns")
+    if not isinstance(priors, list):
+        raise ValueError(f"{where}: 'priors' must be a list of {{'offset', 'choices', 'weights'}} objects")
+    out = []
+    for k, prior in enumerate(priors):
+        if not isinstance(prior, dict) or set(prior) != {"offset", "choices", "weights"}:
+            raise ValueError(f"{where}: prior {k} must be an object with exactly 'offset', 'choices' and 'weights'")
+        offset, choices, weights = prior["offset"], prior["choices"], prior["weights"]
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= len(answer):
+            raise ValueError(f"{where}: prior {k}: 'offset' {offset!r} is not a character index into the answer")
+        if (
+            not isinstance(choices, list)
+            or not choices
+            or not all(isinstance(c, str) and c for c in choices)
+            or len(set(choices)) != len(choices)
+        ):
+            raise ValueError(f"{where}: prior {k}: 'choices' must be a non-empty list of distinct non-empty strings")
+        if (
+            not isinstance(weights, list)
+            or len(weights) != len(choices)
+            or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in weights
+            )
+        ):
+            raise ValueError(f"{where}: prior {k}: 'weights' must be one finite number >= 0 per choice")
+        own = [c for c in choices if answer.startswith(c, offset)]
+        if not own:
+            raise ValueError(f"{where}: prior {k}: the answer does not go on with any of its choices at {offset}")
+        if weights[choices.index(max(own, key=len))] <= 0:
+            raise ValueError(f"{where}: prior {k}: the answer's own choice {max(own, key=len)!r} has weight 0")
+        out.append({"offset": offset, "choices": list(choices), "weights": [float(w) for w in weights]})
     return out
 
 

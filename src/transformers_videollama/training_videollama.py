@@ -44,6 +44,7 @@ from transformers import Trainer
 from transformers.trainer_optimizer import is_optimizer_factory
 from transformers.video_utils import VideoMetadata
 
+from .collator_videollama import prior_bias_tensors
 from .media_io_videollama import AudioTrack
 from .video_processing_videollama import DecodedVideo
 
@@ -331,6 +332,16 @@ class PrecomputedFeaturesCollator:
             n = len(item["input_ids"])
             for key in ("input_ids", "attention_mask", "labels"):
                 batch[key][row, :n] = item[key]
+        priors = [
+            [
+                (*index, bias)
+                for index, bias in zip(item["answer_prior_index"].tolist(), item["answer_prior_bias"].tolist())
+            ]
+            if "answer_prior_index" in item
+            else []
+            for item in items
+        ]
+        batch.update(prior_bias_tensors(priors))
         videos = [video for item in items if "frame_query_embeds" in item for video in item["frame_query_embeds"]]
         if videos:  # each (T_i, Q, Dq)
             frames = max(video.shape[0] for video in videos)
@@ -459,15 +470,22 @@ class _PrecomputeBatch:
                 entry["store"] = self.store.keys_for(example, encoded)
             entries.append(entry)
         batch = self.collator.pad(to_encode) if to_encode else {}
-        return entries, {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask", "labels")}
+        return entries, {k: v for k, v in batch.items() if k not in _TEXT_KEYS}
+
+
+_TEXT_KEYS = ("input_ids", "attention_mask", "labels", "answer_prior_index", "answer_prior_bias")
 
 
 def _text_tensors(encoded: Any) -> dict[str, torch.Tensor]:
-    return {
+    tensors = {
         "input_ids": torch.tensor(encoded.input_ids),
         "attention_mask": torch.tensor(encoded.attention_mask),
         "labels": torch.tensor(encoded.labels),
     }
+    if encoded.priors:  # (n, 2) position, token id; (n,) bias
+        tensors["answer_prior_index"] = torch.tensor([entry[:2] for entry in encoded.priors], dtype=torch.long)
+        tensors["answer_prior_bias"] = torch.tensor([entry[2] for entry in encoded.priors], dtype=torch.float32)
+    return tensors
 
 
 def _encode_precompute_batch(
@@ -495,10 +513,12 @@ def _encode_precompute_batch(
         clip_outputs = list(inner._encode_audio_clips(batch["input_values"].to(device=device, dtype=dtype)).cpu())
     items = []
     for entry in entries:
+        # copies: a tensor from a DataLoader worker lives in shared memory and holds a file descriptor as long as
+        # it lives (thousands of records x several tensors would exhaust the process's limit)
         if "ready" in entry:
-            items.append(entry["ready"])
+            items.append({k: v.clone() for k, v in entry["ready"].items()})
             continue
-        item = {k: entry[k] for k in ("input_ids", "attention_mask", "labels")}
+        item = {k: entry[k].clone() for k in _TEXT_KEYS if k in entry}
         if entry["videos"]:  # the collator gives a record at most one video
             taken, frame_outputs = frame_outputs[: entry["videos"]], frame_outputs[entry["videos"] :]
             item["frame_query_embeds"] = torch.stack(taken)  # (1, T, Q, Dq): a copy, not a view of the batch
@@ -721,6 +741,11 @@ class VideoLlamaTrainer(Trainer):
     schedule. Why: the projection sets the scale of the tokens the LLM reads; at the Q-Formers' rate a small LLM's
     inputs drift to many times its word-embedding norm (the bundled recipe: 9-17x within one stage) and the LLM's
     own attention patterns stop applying to them.
+
+    Answer priors: a batch that carries `answer_prior_index` / `answer_prior_bias` (records with `priors`, see
+    `answer_prior_biases`) is trained on the model's next-token loss computed on its logits *plus* those biases
+    (a product of experts with the prior), so the model is not taught what the prior already explains; batches
+    without them train on the model's own loss, unchanged.
     """
 
     def __init__(self, *args: Any, projector_learning_rate: float | None = None, **kwargs: Any):
@@ -772,6 +797,33 @@ class VideoLlamaTrainer(Trainer):
                 logs["samples_per_second"] = round(samples / max(elapsed, 1e-9), 3)
             self._window_start = (now, step)
         super().log(logs, start_time)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """The model's own loss, or, for a batch with answer priors (`answer_prior_index` / `answer_prior_bias`
+        from the collators, see `answer_prior_biases`), the same next-token loss on the logits plus those biases."""
+        index, bias = inputs.pop("answer_prior_index", None), inputs.pop("answer_prior_bias", None)
+        if index is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        rows, positions, tokens = index.unbind(-1)
+        # the logits at position p - 1 predict the token at p
+        logits = outputs.logits.index_put(
+            (rows, positions - 1, tokens), bias.to(outputs.logits.dtype), accumulate=True
+        )
+        unwrapped = self.accelerator.unwrap_model(model)
+        kwargs = {"num_items_in_batch": num_items_in_batch} if self.model_accepts_loss_kwargs else {}
+        loss = unwrapped.loss_function(
+            logits=logits, labels=labels, vocab_size=unwrapped.config.text_config.vocab_size, **kwargs
+        )
+        outputs.loss = loss
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self._window_start is None:  # first step of this run (after a resumed state was loaded)
