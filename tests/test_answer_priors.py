@@ -203,9 +203,16 @@ def test_loader_checks_priors_with_the_line(tmp_path):
     good = load([{"offset": 6, "choices": ["red", "blue"], "weights": [1, 0]}])
     assert good[0]["conversations"][1]["priors"] == [{"offset": 6, "choices": ["red", "blue"], "weights": [1.0, 0.0]}]
     assert good[0]["conversations"][0]["priors"] == []
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 1: prior 0: the answer's own choice 'red' has weight 0"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 1: prior 0: the answer's own choice 'red' has prior"):
         load([{"offset": 6, "choices": ["red", "blue"], "weights": [0, 1]}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 1: prior 0: the answer does not go on with"):
         load([{"offset": 3, "choices": ["red"], "weights": [1]}])
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 1: prior 0 must be an object with exactly"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 1: prior 0: a prior is an object with 'offset'"):
         load([{"offset": 6, "choices": ["red"]}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 1: prior 0 has unknown fields \['weight'\]"):
+        load([{"offset": 6, "choices": ["red"], "weights": [1], "weight": 1}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: turn 0: 'priors' belong to gpt"):
+        path = tmp_path / "bad.jsonl"
+        turns = [{"from": "human", "value": "Q", "priors": [{"offset": 0, "choices": ["Q"], "weights": [1]}]}]
+        path.write_text(json.dumps({"video": "v.mp4", "conversations": turns + [{"from": "gpt", "value": "A"}]}))
+        load_training_data("jsonl", path)

@@ -383,3 +383,8 @@ def test_answer_priors_weigh_each_answered_attribute_by_the_training_split():
     )
     answers = records[0]["conversations"][1::2]
     assert all("priors" in turn for turn in answers) and any(turn["priors"] for turn in answers)
+
+
+def test_recipe_refuses_answer_priors_it_cannot_use(tmp_path, capsys):
+    err = _refusal(tmp_path, capsys, lambda r: r.update(answer_priors={"smoothing": 0}))
+    assert "answer_priors" in err and "{'smoothing': 0}" in err

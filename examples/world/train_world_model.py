@@ -30,7 +30,9 @@ training entry point (`examples/train_videollama.py`) and the paper's freezing p
  6. stage 2      questions about colour, shape, motion, sound and count (multi-turn), some asked without the sound
                  In both stages only the video/audio Q-Formers, position embeddings and projections train; the frame
                  encoder, audio trunk and LLM stay frozen (Video-LLaMA's policy). Both stages train on the exact prompt
-                 the processor renders at inference (`--prompt_format chat_template`).
+                 the processor renders at inference (`--prompt_format chat_template`). With `answer_priors`, every
+                 colour, shape and motion an answer tells carries the training split's prior over it given the
+                 object's other attributes (`answer_priors`, a product of experts in the loss)
  7. evaluate     greedy exact match per question type on the held-out split (colour-shape and shape-motion pairs
                  never seen in training, other resolutions / frame rates / durations / audio formats)
  8. bundle       a self-contained remote-code folder (`export_for_hub`), float16 weights, with the recipe's metrics
@@ -974,6 +976,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.recipe}: frame_encoder.twin_redraw lists what a twin image draws anew, a non-empty subset of "
             f"{list(TWIN_REDRAW)}; got {redraw!r}"
         )
+    priors = cfg.get("answer_priors")
+    smoothing = priors.get("smoothing") if isinstance(priors, dict) else None
+    if priors is not None and not (
+        isinstance(priors, dict)
+        and set(priors) == {"smoothing"}
+        and isinstance(smoothing, (int, float))
+        and smoothing > 0
+    ):
+        parser.error(f'{args.recipe}: answer_priors is null or {{"smoothing": a number > 0}}; got {priors!r}')
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer()

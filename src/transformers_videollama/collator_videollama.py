@@ -64,6 +64,7 @@ __all__ = [
     "VideoLlamaDataCollator",
     "answer_prior_biases",
     "blip_caption",
+    "check_answer_prior",
     "prior_bias_tensors",
     "original_llama2_labels",
     "original_vicuna_labels",
@@ -175,22 +176,7 @@ def answer_prior_biases(
     for start, answer, priors in answers:
         for number, prior in enumerate(priors):
             where = f"answer {answer!r}, prior {number}"
-            offset, choices, weights = prior.get("offset"), prior.get("choices"), prior.get("weights")
-            if not isinstance(offset, int) or not 0 <= offset <= len(answer):
-                raise ValueError(f"{where}: 'offset' must be a character index into the answer, got {offset!r}")
-            if not choices or not isinstance(choices, (list, tuple)) or len(set(choices)) != len(choices):
-                raise ValueError(f"{where}: 'choices' must be a non-empty list of distinct strings, got {choices!r}")
-            if not isinstance(weights, (list, tuple)) or len(weights) != len(choices):
-                raise ValueError(f"{where}: 'weights' must give one number per choice, got {weights!r}")
-            if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):
-                raise ValueError(f"{where}: 'weights' must be finite numbers >= 0, got {weights!r}")
-            matching = [c for c in choices if answer.startswith(c, offset)]
-            if not matching:
-                raise ValueError(f"{where}: the answer does not go on with any of {choices!r} at offset {offset}")
-            actual = max(matching, key=len)
-            weight = dict(zip(choices, (float(w) for w in weights)))
-            if weight[actual] <= 0:
-                raise ValueError(f"{where}: the answer's own choice {actual!r} has prior weight 0")
+            offset, choices, weight, actual = check_answer_prior(prior, answer, where)
             at = start + offset
             first = next((i for i, (s, e) in enumerate(offsets) if e > at and e > s), None)
             if first is None:  # truncated away: nothing of it is supervised
@@ -236,6 +222,37 @@ def prior_bias_tensors(rows: Sequence[Sequence[tuple[int, int, float]]]) -> dict
         "answer_prior_index": torch.tensor([entry[:3] for entry in flat], dtype=torch.long),
         "answer_prior_bias": torch.tensor([entry[3] for entry in flat], dtype=torch.float32),
     }
+
+
+def check_answer_prior(prior: Any, answer: str, where: str) -> tuple[int, list[str], dict[str, float], str]:
+    """Check one answer prior (`answer_prior_biases`) and return its offset, choices, weight per choice and the
+    choice the answer goes on with (the longest that matches); a ValueError names `where` and the reason."""
+    if not isinstance(prior, dict) or not {"offset", "choices", "weights"} <= set(prior):
+        raise ValueError(f"{where}: a prior is an object with 'offset', 'choices' and 'weights', got {prior!r}")
+    offset, choices, weights = prior["offset"], prior["choices"], prior["weights"]
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= len(answer):
+        raise ValueError(f"{where}: 'offset' must be a character index into the answer, got {offset!r}")
+    if (
+        not isinstance(choices, (list, tuple))
+        or not choices
+        or not all(isinstance(c, str) and c for c in choices)
+        or len(set(choices)) != len(choices)
+    ):
+        raise ValueError(f"{where}: 'choices' must be a non-empty list of distinct strings, got {choices!r}")
+    if not isinstance(weights, (list, tuple)) or len(weights) != len(choices):
+        raise ValueError(f"{where}: 'weights' must give one number per choice, got {weights!r}")
+    if not all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights
+    ):
+        raise ValueError(f"{where}: 'weights' must be finite numbers >= 0, got {weights!r}")
+    matching = [c for c in choices if answer.startswith(c, offset)]
+    if not matching:
+        raise ValueError(f"{where}: the answer does not go on with any of {list(choices)!r} at offset {offset}")
+    actual = max(matching, key=len)
+    weight = dict(zip(choices, (float(w) for w in weights)))
+    if weight[actual] <= 0:
+        raise ValueError(f"{where}: the answer's own choice {actual!r} has prior weight 0")
+    return offset, list(choices), weight, actual
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

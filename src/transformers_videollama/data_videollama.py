@@ -51,7 +51,7 @@ from typing import Any
 
 import datasets
 
-from .collator_videollama import blip_caption
+from .collator_videollama import blip_caption, check_answer_prior
 from .video_processing_videollama import IMAGE_EXTENSIONS
 
 
@@ -164,32 +164,12 @@ def _priors(priors: Any, role: str, answer: str, where: str) -> list[dict[str, A
         raise ValueError(f"{where}: 'priors' must be a list of {{'offset', 'choices', 'weights'}} objects")
     out = []
     for k, prior in enumerate(priors):
-        if not isinstance(prior, dict) or set(prior) != {"offset", "choices", "weights"}:
-            raise ValueError(f"{where}: prior {k} must be an object with exactly 'offset', 'choices' and 'weights'")
-        offset, choices, weights = prior["offset"], prior["choices"], prior["weights"]
-        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= len(answer):
-            raise ValueError(f"{where}: prior {k}: 'offset' {offset!r} is not a character index into the answer")
-        if (
-            not isinstance(choices, list)
-            or not choices
-            or not all(isinstance(c, str) and c for c in choices)
-            or len(set(choices)) != len(choices)
-        ):
-            raise ValueError(f"{where}: prior {k}: 'choices' must be a non-empty list of distinct non-empty strings")
-        if (
-            not isinstance(weights, list)
-            or len(weights) != len(choices)
-            or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in weights
+        if isinstance(prior, dict) and set(prior) - {"offset", "choices", "weights"}:
+            raise ValueError(
+                f"{where}: prior {k} has unknown fields {sorted(set(prior) - {'offset', 'choices', 'weights'})}"
             )
-        ):
-            raise ValueError(f"{where}: prior {k}: 'weights' must be one finite number >= 0 per choice")
-        own = [c for c in choices if answer.startswith(c, offset)]
-        if not own:
-            raise ValueError(f"{where}: prior {k}: the answer does not go on with any of its choices at {offset}")
-        if weights[choices.index(max(own, key=len))] <= 0:
-            raise ValueError(f"{where}: prior {k}: the answer's own choice {max(own, key=len)!r} has weight 0")
-        out.append({"offset": offset, "choices": list(choices), "weights": [float(w) for w in weights]})
+        offset, choices, weight, _ = check_answer_prior(prior, answer, f"{where}: prior {k}")
+        out.append({"offset": offset, "choices": choices, "weights": [weight[c] for c in choices]})
     return out
 
 
