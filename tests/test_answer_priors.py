@@ -155,6 +155,9 @@ def test_trainer_loss_is_the_cross_entropy_of_the_biased_logits(tmp_path):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() != pytest.approx(model(**plain).loss.item(), rel=1e-3)  # the biases do change it
     assert trainer.compute_loss(model, dict(plain)).item() == pytest.approx(model(**plain).loss.item())
+    shifted = dict(batch, answer_prior_index=batch["answer_prior_index"] + torch.tensor([1, 0, 0]))
+    with pytest.raises(ValueError, match="answer priors point outside the batch"):
+        trainer.compute_loss(model, shifted)  # rows that are not this batch's (a batch split after collation)
 
 
 def test_entry_point_trains_with_priors_the_same_with_and_without_precomputed_features(tmp_path):

@@ -813,6 +813,13 @@ class VideoLlamaTrainer(Trainer):
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         rows, positions, tokens = index.unbind(-1)
+        if len(index) and (rows.max() >= labels.shape[0] or positions.max() >= labels.shape[1] or positions.min() < 1):
+            # e.g. a batch split across processes after collation (accelerate's dispatch_batches): rows no longer
+            # match; refuse rather than bias the wrong tokens
+            raise ValueError(
+                f"answer priors point outside the batch (rows < {labels.shape[0]}, positions 1..{labels.shape[1] - 1}"
+                f" expected; got rows up to {int(rows.max())}, positions {int(positions.min())}..{int(positions.max())})"
+            )
         # the logits at position p - 1 predict the token at p
         logits = outputs.logits.index_put(
             (rows, positions - 1, tokens), bias.to(outputs.logits.dtype), accumulate=True
