@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import PIL.Image
+import pytest
 import torch
 from _reference import tiny_config
 from _videollama_media import LLAMA
@@ -27,6 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "examples" / "train_videollama.py"
 NUM_VIDEO_TOKENS, NUM_AUDIO_TOKENS = 6, 3  # tiny_config's video / audio Q-Former queries
 IMAGE_SIZE = 28
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread is faster, and far faster when other processes share the two cores (import this
+    fixture into a test module to use it there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def tiny_training_config(imagebind_vision: bool = False):

@@ -7,7 +7,13 @@ import math
 
 import pytest
 import torch
-from _videollama_training import make_dataset, make_model_dir, run_training, tiny_processor
+from _videollama_training import (
+    make_dataset,
+    make_model_dir,
+    one_thread,  # noqa: F401  (autouse fixture)
+    run_training,
+    tiny_processor,
+)
 
 from transformers_videollama import (
     PrecomputedFeaturesCollator,
@@ -18,14 +24,6 @@ from transformers_videollama import (
     precompute_frozen_features,
 )
 from transformers_videollama.collator_videollama import answer_prior_biases
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,13 @@ import json
 import pytest
 import torch
 from _reference import reference_inputs, reference_meta, reference_outputs, release_files
-from _videollama_training import make_dataset, make_model_dir, run_training, trainable_state
+from _videollama_training import (
+    make_dataset,
+    make_model_dir,
+    one_thread,  # noqa: F401  (autouse fixture)
+    run_training,
+    trainable_state,
+)
 from safetensors.torch import load_file
 
 from transformers_videollama import (
@@ -21,15 +27,6 @@ from transformers_videollama import (
     load_training_preset,
 )
 from transformers_videollama.training_videollama import trainable_parameter_names
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when other processes share the two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
