@@ -217,3 +217,17 @@ def test_loader_checks_priors_with_the_line(tmp_path):
         turns = [{"from": "human", "value": "Q", "priors": [{"offset": 0, "choices": ["Q"], "weights": [1]}]}]
         path.write_text(json.dumps({"video": "v.mp4", "conversations": turns + [{"from": "gpt", "value": "A"}]}))
         load_training_data("jsonl", path)
+
+
+def test_collator_refuses_priors_it_cannot_place(tmp_path):
+    data = make_dataset(tmp_path, num_records=1, with_image=False)
+    video = str(tmp_path / json.loads(data.read_text())["video"])
+    record = _record(video, "It is red.", [1, 1, 0, 2])
+    original = VideoLlamaDataCollator(tiny_processor(), label_masking="original")
+    with pytest.raises(ValueError, match="answer 'priors' need label_masking='answers'"):
+        original([record])
+    on_question = dict(
+        record, conversations=[dict(record["conversations"][0], priors=[{"offset": 0}])] + record["conversations"][1:]
+    )
+    with pytest.raises(ValueError, match="'priors' belong to assistant"):
+        VideoLlamaDataCollator(tiny_processor(), prompt_format="chat_template")([on_question])
