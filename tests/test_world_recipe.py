@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaForCausalLM
@@ -16,6 +17,7 @@ from transformers_videollama import world_videollama as world
 
 
 ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "src" / "transformers_videollama" / "bundled" / "videollama-world-small"
 
 
 def test_recipe_smoke_runs_end_to_end(tmp_path):
@@ -37,15 +39,18 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "recipe_summary.json").read_text())
     assert summary["smoke"] is True
-    assert {"world scenes (text)", "tokenizer", "assemble", "stage 1", "stage 2", "evaluate", "bundle"} <= set(
-        summary["seconds"]
-    )
+    steps = {"world scenes (text)", "tokenizer", "assemble", "video warm start", "stage 1", "stage 2", "evaluate"}
+    assert steps | {"bundle"} <= set(summary["seconds"])
     assert set(summary["parallel_seconds"]) == {"language model", "frame encoder", "audio trunk", "world videos"}
     for stage in ("stage1", "stage2"):  # every record decoded and encoded once, then the epochs on its features
         assert summary["metrics"][stage]["precomputed_examples"] == 16
-    # stage 2 takes the frozen outputs of the videos (and sound tracks) stage 1 stored: those records decode nothing
-    assert summary["metrics"]["stage1"]["precomputed_from_cache"] == 0
-    assert 0 < summary["metrics"]["stage2"]["precomputed_from_cache"] <= 16
+    # the warm start stored every training video's and sound track's frozen outputs: stage 1 and stage 2 decode and
+    # encode nothing again
+    assert summary["metrics"]["stage1"]["precomputed_from_cache"] == 16
+    warm = summary["metrics"]
+    assert warm["warm_start_mse"] > 0 and warm["warm_start_first_mse"] > 0
+    assert all(0 <= warm[f"warm_start_{role}_accuracy"] <= 1 for role in ("colour", "shape", "motion"))
+    assert summary["metrics"]["stage2"]["precomputed_from_cache"] == 16
     assert summary["metrics"]["stage2"]["steps"] == 4  # 2 epochs of 16 records, batch 8
     for stage in ("stage1", "stage2"):
         assert summary["metrics"][stage]["final_loss"] is not None
@@ -388,3 +393,69 @@ def test_answer_priors_weigh_each_answered_attribute_by_the_training_split():
 def test_recipe_refuses_answer_priors_it_cannot_use(tmp_path, capsys):
     err = _refusal(tmp_path, capsys, lambda r: r.update(answer_priors={"smoothing": 0}))
     assert "answer_priors" in err and "{'smoothing': 0}" in err
+
+
+def test_media_word_targets_are_what_the_llm_stand_in_reads_for_each_word():
+    recipe = _recipe_module()
+    tokenizer = AutoProcessor.from_pretrained(BUNDLED).tokenizer
+    embeddings = torch.randn(len(tokenizer), 6, generator=torch.Generator().manual_seed(0))
+    scene = world.Scene(
+        [
+            world.SceneObject("blue", "square", "still", (0.7, 0.5), 0.3),
+            world.SceneObject("red", "circle", "left", (0.3, 0.5), 0.3),
+        ],
+        None,
+    )
+    spec = {"shape": {"colour": 1.5}, "motion": {"shape": 1.5}}
+
+    def e(word):
+        return embeddings[tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)[0])]
+
+    expected = [  # left to right: "red circle left and blue square still none", the bound words added
+        e("red"),
+        e("circle") + 1.5 * e("red"),
+        e("left") + 1.5 * e("circle"),
+        e("and"),
+        e("blue"),
+        e("square") + 1.5 * e("blue"),
+        e("still") + 1.5 * e("square"),
+        e("none"),
+    ]
+    targets = recipe.media_word_targets(embeddings, tokenizer, scene, spec)
+    assert targets.shape == (8, 6)
+    torch.testing.assert_close(targets, torch.stack(expected))
+
+
+def test_video_warm_start_regresses_the_media_words_and_touches_only_the_video_path(tmp_path):
+    recipe = _recipe_module()
+    settings = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())
+    cfg = dict(settings, video_warm_start={"epochs": 40, "batch_size": 4, "learning_rate": 3e-3})
+    processor = AutoProcessor.from_pretrained(BUNDLED)
+    torch.manual_seed(0)
+    lm_config = recipe.language_model_config(processor.tokenizer, cfg["model"]["text"])
+    model = tv.VideoLlamaForConditionalGeneration(
+        recipe.build_config(cfg["model"], lm_config, len(processor.tokenizer) - 2)
+    )
+    rng = np.random.default_rng(3)
+    scenes = [world.sample_scene(rng, "train") for _ in range(4)]
+    for k, scene in enumerate(scenes):
+        scene.id = f"s{k}"
+        world.write_video(scene, tmp_path / "videos" / f"s{k}.mp4")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.model.vision_tower.requires_grad_(False)  # a flag the warm start must give back as it found it
+
+    metrics = recipe.warm_start_video_qformer(
+        model, processor, scenes, tmp_path / "videos", cfg, tmp_path / "frozen_features", seed=0
+    )
+
+    assert metrics["warm_start_mse"] < 0.2 * metrics["warm_start_first_mse"]
+    assert set(metrics) >= {f"warm_start_{role}_accuracy" for role in ("colour", "shape", "motion")}
+    after = model.state_dict()
+    trained = ("model.video_qformer.", "model.video_position_embedding.", "model.video_projection.")
+    assert all(before[k].equal(after[k]) for k in before if not k.startswith(trained))
+    assert any(not before[k].equal(after[k]) for k in before if k.startswith("model.video_qformer."))
+    assert not any(p.requires_grad for p in model.model.vision_tower.parameters())
+    assert all(p.requires_grad for p in model.model.video_qformer.parameters())
+    # stage 1 finds them there: each video and each sound track
+    tracks = sum(scene.sound is not None for scene in scenes)
+    assert len(list((tmp_path / "frozen_features").glob("*.safetensors"))) == 4 + tracks

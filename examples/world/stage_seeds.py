@@ -8,8 +8,8 @@ that same assembled model, exactly as the recipe runs them (`examples/train_vide
 with the stage records drawn anew and the Trainer seeded with the seed (data order), then the held-out split is
 evaluated. Everything before the stages stays fixed, so the spread across seeds is what the stage run alone
 decides. With `--redraw` each seed also draws the fresh modules anew (video/audio Q-Formers, position embeddings,
-projections, started as the recipe's step 4 does) into `OUTPUT/seedN/assembled`: the stand-ins stay, and the spread
-then includes the initial draw. Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean,
+projections, started as the recipe's steps 4 and 4b do) into `OUTPUT/seedN/assembled`: the stand-ins stay, and the
+spread then includes the initial draw. Writes `OUTPUT/seeds.json`: per seed the accuracy per question type, then the mean,
 min and max. The stages take the frozen encoders' outputs from the run's `frozen_features` cache (entries are
 keyed by the encoders' weights, which every seed shares), so each seed decodes and encodes almost nothing.
 
@@ -35,9 +35,12 @@ sys.path.insert(0, str(HERE))
 import train_world_model as recipe  # noqa: E402  (the recipe's own steps, from beside this file)
 
 
-def redraw_fresh_modules(base: Path, out: Path, train_scenes: list, world_dir: Path, cfg: dict, seed: int) -> Path:
+def redraw_fresh_modules(
+    base: Path, out: Path, train_scenes: list, world_dir: Path, cfg: dict, seed: int, cache: Path
+) -> Path:
     """The assembled model in `base` with everything the stages train drawn anew from `seed` (the frozen stand-ins
-    copied over) and started as in the recipe's step 4 (`init_fresh_modules`); saved to `out`."""
+    copied over) and started as in the recipe's step 4 (`init_fresh_modules`) and, when the recipe has it, 4b
+    (`warm_start_video_qformer`, its frozen features from and into `cache`); saved to `out`."""
     import transformers_videollama as tv
 
     assembled = tv.VideoLlamaForConditionalGeneration.from_pretrained(base)
@@ -49,6 +52,10 @@ def redraw_fresh_modules(base: Path, out: Path, train_scenes: list, world_dir: P
     model.load_state_dict(state)
     processor = tv.VideoLlamaProcessor.from_pretrained(base)
     recipe.init_fresh_modules(model, processor, train_scenes, world_dir / "train" / "videos", cfg)
+    if cfg.get("video_warm_start"):
+        recipe.warm_start_video_qformer(
+            model, processor, train_scenes, world_dir / "train" / "videos", cfg, cache, seed
+        )
     model.generation_config = assembled.generation_config
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -85,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.output / f"seed{seed}"
         rng = np.random.default_rng([seed, 6])
         start = (
-            redraw_fresh_modules(base, out / "assembled", train_scenes, world_dir, cfg, seed) if args.redraw else base
+            redraw_fresh_modules(base, out / "assembled", train_scenes, world_dir, cfg, seed, cache)
+            if args.redraw
+            else base
         )
         _, _, metrics = recipe.train_stages(out, start, train_scenes, world_dir, cfg, seed, rng, feature_cache=cache)
         runs[str(seed)] = {k: round(v["accuracy"], 4) for k, v in metrics["heldout"]["per_type"].items()}
