@@ -426,6 +426,35 @@ def test_media_word_targets_are_what_the_llm_stand_in_reads_for_each_word():
     torch.testing.assert_close(targets, torch.stack(expected))
 
 
+def test_nearest_word_accuracy_reads_each_query_against_the_other_values_of_its_role():
+    recipe = _recipe_module()
+    tokenizer = AutoProcessor.from_pretrained(BUNDLED).tokenizer
+    embeddings = torch.randn(len(tokenizer), 16, generator=torch.Generator().manual_seed(1))
+    spec = {"shape": {"colour": 1.5}, "motion": {"shape": 1.5}}
+    scenes = [
+        world.Scene([world.SceneObject("red", "circle", "left", (0.5, 0.5), 0.3)], None),
+        world.Scene(
+            [
+                world.SceneObject("blue", "square", "still", (0.3, 0.5), 0.3),
+                world.SceneObject("green", "cross", "up", (0.7, 0.5), 0.3),
+            ],
+            None,
+        ),
+    ]
+    exact = torch.stack([recipe.media_word_targets(embeddings, tokenizer, scene, spec) for scene in scenes])
+    assert recipe.nearest_word_accuracy(exact, scenes, embeddings, tokenizer, spec) == {
+        "colour": 1.0,
+        "shape": 1.0,
+        "motion": 1.0,
+    }
+    # the right-hand cross's motion query says "down" (the targets of the same scene with the cross moving down)
+    moved = world.Scene([scenes[1].objects[0], world.SceneObject("green", "cross", "down", (0.7, 0.5), 0.3)], None)
+    wrong = exact.clone()
+    wrong[1, 6] = recipe.media_word_targets(embeddings, tokenizer, moved, spec)[6]
+    accuracy = recipe.nearest_word_accuracy(wrong, scenes, embeddings, tokenizer, spec)
+    assert accuracy == {"colour": 1.0, "shape": 1.0, "motion": 2 / 3}
+
+
 def test_video_warm_start_regresses_the_media_words_and_touches_only_the_video_path(tmp_path):
     recipe = _recipe_module()
     settings = json.loads((ROOT / "examples" / "world" / "recipe.json").read_text())

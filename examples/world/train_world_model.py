@@ -751,15 +751,28 @@ def media_word_targets(
     return torch.stack(rows)
 
 
-def _batched_video_features(inner, videos: list[torch.Tensor]) -> torch.Tensor:
-    """The trainable video path (frame positions, video Q-Former, projection) on precomputed frame queries, each
-    (T_i, Q, Dq), padded to the longest with a frames mask: (N, Qv, D_text)."""
-    frames = max(len(video) for video in videos)
-    queries = videos[0].new_zeros(len(videos), frames, *videos[0].shape[1:])
-    mask = torch.zeros(len(videos), frames, dtype=torch.long)
-    for i, video in enumerate(videos):
-        queries[i, : len(video)], mask[i, : len(video)] = video, 1
-    return inner.get_video_features(frame_query_embeds=queries, video_frames_mask=mask).pooler_output
+def nearest_word_accuracy(
+    outputs: torch.Tensor, scenes: list[world.Scene], embeddings: torch.Tensor, tokenizer, spec: dict
+) -> dict[str, float]:
+    """How often each object's colour / shape / motion query output (`outputs`: (N, MEDIA_WORDS, H), one row per
+    scene) lies nearer its own word's target (`media_word_targets`) than the target with any other value of that
+    role: the target with value v is the true one with the value's embedding swapped (the bound words are the
+    object's other roles, which stay)."""
+
+    def ids(words) -> torch.Tensor:
+        return torch.tensor([tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w)[0]) for w in words])
+
+    hits: dict[str, list[bool]] = {}
+    for scene, output in zip(scenes, outputs):
+        target = media_word_targets(embeddings, tokenizer, scene, spec)
+        for slot, obj in enumerate(scene.sorted_objects()):
+            for offset, role in enumerate(ATTRIBUTE_CHOICES):  # colour, shape, motion: words 4k, 4k+1, 4k+2
+                row, values = 4 * slot + offset, list(ATTRIBUTE_CHOICES[role])
+                truth = getattr(obj, role)
+                candidates = target[row] - embeddings[ids([truth])] + embeddings[ids(values)]  # (values, H)
+                nearest = (candidates - output[row]).pow(2).sum(-1).argmin()
+                hits.setdefault(role, []).append(values[int(nearest)] == truth)
+    return {role: sum(v) / len(v) for role, v in hits.items()}
 
 
 def warm_start_video_qformer(
@@ -806,7 +819,14 @@ def warm_start_video_qformer(
     features = tv.precompute_frozen_features(
         model, tv.load_training_data("jsonl", data), collator, batch_size=16, num_workers=2, cache_dir=feature_cache
     )
-    videos = [item["frame_query_embeds"][0] for item in features]  # (T, Q, Dq) per scene
+    collate = tv.PrecomputedFeaturesCollator(processor.tokenizer.pad_token_id)
+
+    def video_features(index: list[int]) -> torch.Tensor:  # (len(index), MEDIA_WORDS, H) from the frozen features
+        batch = collate([features[i] for i in index])
+        return inner.get_video_features(
+            frame_query_embeds=batch["frame_query_embeds"], video_frames_mask=batch["video_frames_mask"]
+        ).pooler_output
+
     embeddings = inner.language_model.get_input_embeddings().weight.detach()
     spec = cfg["lm"]["media_bindings"]
     targets = torch.stack([media_word_targets(embeddings, processor.tokenizer, scene, spec) for scene in scenes])
@@ -814,15 +834,15 @@ def warm_start_video_qformer(
     warm = cfg["video_warm_start"]
     optimizer = torch.optim.AdamW(params, lr=warm["learning_rate"], weight_decay=0.01)
     batch = warm["batch_size"]
-    steps = max(1, warm["epochs"] * len(videos) // batch)
+    steps = max(1, warm["epochs"] * len(features) // batch)
     schedule = _warmup_cosine(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
     for module in modules:
         module.train()
     first = None
     for step in range(steps):
-        index = torch.randint(len(videos), (batch,), generator=generator).tolist()
-        loss = (_batched_video_features(inner, [videos[i] for i in index]) - targets[index]).pow(2).mean()
+        index = torch.randint(len(features), (batch,), generator=generator).tolist()
+        loss = (video_features(index) - targets[index]).pow(2).mean()
         _optimizer_step(loss, params, optimizer, schedule)
         if step == 0:
             first = loss.item()
@@ -831,26 +851,11 @@ def warm_start_video_qformer(
     for module in modules:
         module.eval()
     metrics = {"warm_start_first_mse": round(first, 6), "warm_start_mse": round(loss.item(), 6)}
-    hits: dict[str, list[bool]] = {}
-    probe = scenes[:300]
+    probe = list(range(min(300, len(features))))
     with torch.no_grad():
-        outputs = torch.cat(
-            [_batched_video_features(inner, videos[i : min(i + 64, len(probe))]) for i in range(0, len(probe), 64)]
-        )
-    for scene, output in zip(probe, outputs):
-        for slot, obj in enumerate(scene.sorted_objects()):
-            for offset, role in enumerate(ATTRIBUTE_CHOICES):
-                values = list(ATTRIBUTE_CHOICES[role])
-                candidates = []
-                for value in values:  # the same scene with this object's `role` set to each value
-                    other = copy.deepcopy(scene)
-                    setattr(other.sorted_objects()[slot], role, value)
-                    candidates.append(
-                        media_word_targets(embeddings, processor.tokenizer, other, spec)[4 * slot + offset]
-                    )
-                nearest = (torch.stack(candidates) - output[4 * slot + offset]).pow(2).sum(-1).argmin()
-                hits.setdefault(role, []).append(values[int(nearest)] == getattr(obj, role))
-    metrics.update({f"warm_start_{role}_accuracy": round(sum(v) / len(v), 4) for role, v in hits.items()})
+        outputs = torch.cat([video_features(probe[i : i + 64]) for i in range(0, len(probe), 64)])
+    accuracy = nearest_word_accuracy(outputs, scenes[: len(probe)], embeddings, processor.tokenizer, spec)
+    metrics.update({f"warm_start_{role}_accuracy": round(value, 4) for role, value in accuracy.items()})
     for p, flag in flags:
         p.requires_grad_(flag)
     return metrics
