@@ -67,6 +67,10 @@ def test_recipe_smoke_runs_end_to_end(tmp_path):
     trained = ("model.video_qformer.", "model.audio_qformer.", "model.video_projection.", "model.audio_projection.")
     assert all(before[k].equal(after[k]) for k in before if k.startswith(frozen))
     assert any(not before[k].equal(after[k]) for k in before if k.startswith(trained))
+    # recipe.json keeps the video path as the warm start left it (`train_video_path: false`): the stages train audio
+    video = ("model.video_qformer.", "model.video_position_embedding.", "model.video_projection.")
+    assert all(before[k].equal(after[k]) for k in before if k.startswith(video))
+    assert any(not before[k].equal(after[k]) for k in before if k.startswith("model.audio_qformer."))
     # the bundle is a self-contained remote-code folder with the processor
     assert (bundle / "modeling_videollama.py").is_file() and (bundle / "recipe_summary.json").is_file()
     assert AutoProcessor.from_pretrained(bundle).num_video_query_tokens == 8
@@ -395,6 +399,13 @@ def test_recipe_refuses_answer_priors_it_cannot_use(tmp_path, capsys):
     assert "answer_priors" in err and "{'smoothing': 0}" in err
 
 
+def test_recipe_refuses_switches_that_are_not_true_or_false(tmp_path, capsys):
+    err = _refusal(tmp_path, capsys, lambda r: r["stage2"].update(train_video_path="no"))
+    assert "stage2.train_video_path is true or false" in err and "'no'" in err
+    err = _refusal(tmp_path, capsys, lambda r: r["lm"].update(motion_geometry=1))
+    assert "lm.motion_geometry is true or false" in err
+
+
 def test_media_word_targets_are_what_the_llm_stand_in_reads_for_each_word():
     recipe = _recipe_module()
     tokenizer = AutoProcessor.from_pretrained(BUNDLED).tokenizer
@@ -488,3 +499,57 @@ def test_video_warm_start_regresses_the_media_words_and_touches_only_the_video_p
     # stage 1 finds them there: each video and each sound track
     tracks = sum(scene.sound is not None for scene in scenes)
     assert len(list((tmp_path / "frozen_features").glob("*.safetensors"))) == 4 + tracks
+
+
+def test_motion_geometry_puts_still_midway_between_the_opposite_motions():
+    recipe = _recipe_module()
+    tokenizer = AutoProcessor.from_pretrained(BUNDLED).tokenizer
+    table = torch.randn(len(tokenizer), 6, generator=torch.Generator().manual_seed(0))
+    before = table.clone()
+    recipe.place_motion_words(table, tokenizer)
+    ids = recipe.motion_word_ids(tokenizer)
+    assert len(set(ids.values())) == 5
+    e = {m: table[i] for m, i in ids.items()}
+    torch.testing.assert_close(e["still"], (e["left"] + e["right"]) / 2)
+    torch.testing.assert_close(e["still"], (e["up"] + e["down"]) / 2)
+    # each axis keeps its difference (what tells left from right), every other word its embedding
+    torch.testing.assert_close(e["left"] - e["right"], before[ids["left"]] - before[ids["right"]])
+    torch.testing.assert_close(e["up"] - e["down"], before[ids["up"]] - before[ids["down"]])
+    others = [i for i in range(len(tokenizer)) if i not in ids.values()]
+    assert torch.equal(table[others], before[others])
+    # still lands on the mean of the two midpoints and its own old place (a projection: doing it again changes nothing)
+    old = {m: before[i] for m, i in ids.items()}
+    expected = ((old["left"] + old["right"]) / 2 + (old["up"] + old["down"]) / 2 + old["still"]) / 3
+    torch.testing.assert_close(e["still"], expected)
+    again = table.clone()
+    recipe.place_motion_words(again, tokenizer)
+    torch.testing.assert_close(again, table)
+
+
+def test_language_model_trained_with_motion_geometry_keeps_it():
+    recipe = _recipe_module()
+    scenes = [
+        world.Scene([world.SceneObject(c, s, m, (0.5, 0.5), 0.3)], None)
+        for c, s, m in [("red", "circle", "left"), ("blue", "square", "still"), ("green", "cross", "up")]
+    ] + [
+        world.Scene([world.SceneObject("red", "triangle", "down", (0.5, 0.5), 0.3)], None),
+        world.Scene([world.SceneObject("red", "triangle", "right", (0.5, 0.5), 0.3)], None),
+    ]
+    texts = []
+    for scene in scenes:
+        qa = {"question": "How is the object moving?", "answer": world.MOTION_TEXT[scene.objects[0].motion]}
+        texts.append((*recipe.brief_text(scene, [qa], False), scene))
+    tokenizer = tv.train_videollama_tokenizer([t for t, _, _ in texts] * 20, vocab_size=400, min_frequency=1)
+    cfg = {"media_bindings": {"motion": {"shape": 1.5}}, "batch_size": 2, "motion_geometry": True}
+    model_cfg = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 256,
+    }
+    lm = recipe.train_language_model([(texts, 3, 1e-2)], tokenizer, cfg, model_cfg, seed=0)
+    table = lm.get_input_embeddings().weight.detach()
+    e = {m: table[i] for m, i in recipe.motion_word_ids(tokenizer).items()}
+    torch.testing.assert_close(e["still"], (e["left"] + e["right"]) / 2)
+    torch.testing.assert_close(e["still"], (e["up"] + e["down"]) / 2)
