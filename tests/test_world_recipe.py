@@ -506,8 +506,8 @@ def test_motion_geometry_puts_still_midway_between_the_opposite_motions():
     tokenizer = AutoProcessor.from_pretrained(BUNDLED).tokenizer
     table = torch.randn(len(tokenizer), 6, generator=torch.Generator().manual_seed(0))
     before = table.clone()
-    recipe.place_motion_words(table, tokenizer)
     ids = recipe.motion_word_ids(tokenizer)
+    recipe.place_motion_words(table, ids)
     assert len(set(ids.values())) == 5
     e = {m: table[i] for m, i in ids.items()}
     torch.testing.assert_close(e["still"], (e["left"] + e["right"]) / 2)
@@ -522,7 +522,7 @@ def test_motion_geometry_puts_still_midway_between_the_opposite_motions():
     expected = ((old["left"] + old["right"]) / 2 + (old["up"] + old["down"]) / 2 + old["still"]) / 3
     torch.testing.assert_close(e["still"], expected)
     again = table.clone()
-    recipe.place_motion_words(again, tokenizer)
+    recipe.place_motion_words(again, ids)
     torch.testing.assert_close(again, table)
 
 
@@ -553,3 +553,13 @@ def test_language_model_trained_with_motion_geometry_keeps_it():
     e = {m: table[i] for m, i in recipe.motion_word_ids(tokenizer).items()}
     torch.testing.assert_close(e["still"], (e["left"] + e["right"]) / 2)
     torch.testing.assert_close(e["still"], (e["up"] + e["down"]) / 2)
+
+
+def test_motion_geometry_is_not_applied_when_the_tokenizer_reads_motion_words_as_one_token(caplog):
+    recipe = _recipe_module()
+    # a tokenizer that never saw the motion words splits each into "▁" + letters: all five first pieces are "▁"
+    tokenizer = tv.train_videollama_tokenizer(["a red circle and a blue square"] * 20, vocab_size=300, min_frequency=1)
+    assert {tokenizer.tokenize(m)[0] for m in world.MOTIONS} == {"▁"}
+    with caplog.at_level("WARNING", logger="train_world_model"):
+        assert recipe.motion_word_ids(tokenizer) is None
+    assert "reads motion words as the same token" in caplog.text and "not applied" in caplog.text

@@ -247,7 +247,7 @@ def encode_language_model_text(
     ranges, cursor = [], start + 1
     for word, bound in zip(media.split(), media_bindings(scene, spec)):
         # media words are one token each (main checks it; the smoke run's tiny tokenizer may split one: first piece)
-        ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w)[0]) for w, _ in bound]
+        ids = [word_id(tokenizer, w) for w, _ in bound]
         ranges.append((cursor, cursor + len(word), ids, [scale for _, scale in bound]))
         cursor += len(word) + 1
     bound_ids, bound_scales = [], []
@@ -267,12 +267,23 @@ def bound_input_embeddings(
     return embed(ids) + (embed(bound_ids) * bound_scales.unsqueeze(-1).to(embed.weight.dtype)).sum(-2)
 
 
-def motion_word_ids(tokenizer) -> dict[str, int]:
-    """The token id of each motion word of the media text (its first piece where a tiny tokenizer splits it)."""
-    return {m: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(m)[0]) for m in world.MOTIONS}
+def word_id(tokenizer, word: str) -> int:
+    """The token id a media word is read as: its one token (main checks that every media word is one; the smoke
+    run's tiny tokenizer may split one, and then its first piece stands for it)."""
+    return tokenizer.convert_tokens_to_ids(tokenizer.tokenize(word)[0])
 
 
-def place_motion_words(embeddings: torch.Tensor, tokenizer) -> None:
+def motion_word_ids(tokenizer) -> dict[str, int] | None:
+    """The token id of each motion word, or None (with a warning) when two of them are read as the same token (a
+    tiny tokenizer that splits them, e.g. into "▁" + word): then no plane can hold them apart."""
+    ids = {m: word_id(tokenizer, m) for m in world.MOTIONS}
+    if len(set(ids.values())) < len(ids):
+        logger.warning("lm.motion_geometry: the tokenizer reads motion words as the same token (%s); not applied", ids)
+        return None
+    return ids
+
+
+def place_motion_words(embeddings: torch.Tensor, ids: dict[str, int]) -> None:
     """Project the motion words' embeddings (in place) onto a plane through "still": left and right, and up and down,
     lie symmetric about it (still = (left + right) / 2 = (up + down) / 2), each pair keeping its difference.
 
@@ -282,17 +293,12 @@ def place_motion_words(embeddings: torch.Tensor, tokenizer) -> None:
     by interpolating between motions it has seen for that shape; without it, still sits anywhere (here as far from
     the midpoints as left is from right) and the video Q-Former has nothing to carry over from the other shapes.
     """
-    ids = motion_word_ids(tokenizer)
-    if len(set(ids.values())) < len(ids):
-        return  # a tiny tokenizer that does not keep the motion words apart (the smoke run's may not)
+    axes = [[ids["left"], ids["right"]], [ids["up"], ids["down"]]]
     with torch.no_grad():
-        e = {m: embeddings[i].clone() for m, i in ids.items()}
-        horizontal, vertical = (e["left"] + e["right"]) / 2, (e["up"] + e["down"]) / 2
-        centre = (horizontal + vertical + e["still"]) / 3
-        for m, shift in (("left", centre - horizontal), ("right", centre - horizontal)):
-            embeddings[ids[m]] = e[m] + shift
-        for m, shift in (("up", centre - vertical), ("down", centre - vertical)):
-            embeddings[ids[m]] = e[m] + shift
+        midpoints = [embeddings[axis].mean(0) for axis in axes]
+        centre = (midpoints[0] + midpoints[1] + embeddings[ids["still"]]) / 3
+        for axis, midpoint in zip(axes, midpoints):
+            embeddings[axis] += centre - midpoint
         embeddings[ids["still"]] = centre
 
 
@@ -315,6 +321,7 @@ def train_language_model(
     torch.manual_seed(seed)
     model = LlamaForCausalLM(language_model_config(tokenizer, model_cfg))
     model.train()
+    motion_ids = motion_word_ids(tokenizer) if cfg.get("motion_geometry") else None
     for phase, (texts, steps, learning_rate) in enumerate(phases):
         encoded = [encode_language_model_text(tokenizer, *text, cfg["media_bindings"]) for text in texts]
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
@@ -338,8 +345,8 @@ def train_language_model(
             embeds = bound_input_embeddings(model, ids, bound_ids, bound_scales)
             loss = model(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
             _optimizer_step(loss, list(model.parameters()), optimizer, schedule)
-            if cfg.get("motion_geometry"):
-                place_motion_words(model.get_input_embeddings().weight, tokenizer)
+            if motion_ids:
+                place_motion_words(model.get_input_embeddings().weight, motion_ids)
             if step % 100 == 0 or step == steps - 1:
                 logger.info("  LM phase %d step %d/%d loss %.3f", phase + 1, step, steps, loss.item())
     return model.eval()
@@ -781,7 +788,7 @@ def media_word_targets(
     plus its bound words' (`media_bindings`), i.e. what each of the video Q-Former's query tokens stands in for."""
     rows = []
     for word, bound in zip(media_text(scene).split(), media_bindings(scene, spec)):
-        ids = [tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w)[0]) for w in [word] + [b for b, _ in bound]]
+        ids = [word_id(tokenizer, w) for w in [word] + [b for b, _ in bound]]
         scales = torch.tensor([1.0] + [scale for _, scale in bound], dtype=embeddings.dtype)
         rows.append((embeddings[ids] * scales[:, None]).sum(0))
     return torch.stack(rows)
@@ -796,7 +803,7 @@ def nearest_word_accuracy(
     object's other roles, which stay)."""
 
     def ids(words) -> torch.Tensor:
-        return torch.tensor([tokenizer.convert_tokens_to_ids(tokenizer.tokenize(w)[0]) for w in words])
+        return torch.tensor([word_id(tokenizer, w) for w in words])
 
     hits: dict[str, list[bool]] = {}
     for scene, output in zip(scenes, outputs):
